@@ -1,0 +1,189 @@
+"""int4_linear: y = x @ kernel (+ bias) with all three GEMMs on INT4 values, int32 accumulation.
+
+Layout: the Hadamard transform, the zero padding of the contraction dim and the dtype casts are
+plain differentiable JAX around `_int4_matmul`, a custom_vjp that works in the Hadamard domain:
+
+  forward   Y  = (s_X Xq)(s_W Wq)                    Xq = Q(XH), Wq = Q(HW), rank-1 scales
+  backward  dX~ = Q_rows(dY * s_W) Wq^T   (int)      then autodiff applies H^T and unpads
+            dW~ = Xq^T Q_cols(S(dY * s_X))  (int)    S: optional leverage-score row sampling
+
+Q(dY) is the bit split (or plain INT4, or no quantization). Every scale that multiplies a
+contraction dim (s_W for dX, s_X and 1/p for dW) is folded into dY before it is quantized, so the
+remaining scales are rank-1 and apply after the integer GEMM. Residuals: the int8 Xq, Wq and
+their scales (plus XH, HW in float for LSQ, whose gradient needs the rounding residuals).
+
+Int32 accumulation is exact while the contraction length K satisfies
+K * max|a| * max|b| <= 2^31 - 1: forward (INT4 x INT4, 8 * 8) K <= 33,554,431; backward with the
+bit split (|v| <= 119, times 8) K <= 2,255,494 for dX's N and dW's token count M. Longer
+contractions raise a ValueError (see `max_exact_contraction`).
+"""
+
+import functools
+from typing import Optional, Tuple
+
+import jax
+import jax.numpy as jnp
+
+from int4jax import backend, validation
+from int4jax.config import Int4Config
+from int4jax.kernels.int_gemm import max_exact_contraction
+from int4jax.quantizers import bitsplit, hadamard, sampling
+from int4jax.quantizers import int4_quant as quantize
+
+Scales = Optional[Tuple[jax.Array, jax.Array]]
+
+
+def int4_linear(x: jax.Array, kernel: jax.Array, bias: Optional[jax.Array] = None, *,
+                key: Optional[jax.Array] = None, config: Int4Config = Int4Config(),
+                scales: Scales = None) -> jax.Array:
+  """INT4 `x @ kernel + bias` with Flax's layout: x (..., in), kernel (in, out) -> (..., out).
+
+  key: PRNG key for the backward pass (stochastic rounding, sampling); it may be None for a
+    forward-only call, and taking a gradient without it raises a ValueError saying what to pass.
+  scales: (x_scale, kernel_scale) learnable per-tensor step sizes when config.scale_mode='lsq'.
+  Output dtype: the promoted dtype of x and kernel. NaN/Inf in an input makes the outputs that
+  depend on its scaling group NaN; all-zero inputs give zeros and finite gradients.
+  """
+  validation.check_linear_args(x, kernel, bias, config, scales)
+  validation.check_key(key)
+  out_dtype = jnp.result_type(x.dtype, kernel.dtype)
+  block = config.hadamard_block
+  k_in, n_out = kernel.shape
+  x2 = x.reshape(-1, k_in).astype(jnp.float32)
+  xh = hadamard.block_hadamard(hadamard.pad_to_block(x2, block, 1), block, 1)
+  wh = hadamard.block_hadamard(
+      hadamard.pad_to_block(kernel.astype(jnp.float32), block, 0), block, 0)
+  if scales is not None:
+    scales = tuple(jnp.asarray(s, jnp.float32) for s in scales)
+  y = _int4_matmul(config, xh, wh, scales, key)
+  y = y.reshape(x.shape[:-1] + (n_out,))
+  if bias is not None:
+    y = y + bias.astype(jnp.float32)
+  return y.astype(out_dtype)
+
+
+def backward_keys(key):
+  """The keys of the backward pass: (dX rounding, dW rounding, dW row sampling)."""
+  if key is None:
+    return None, None, None
+  return tuple(jax.random.split(key, 3))
+
+
+def forward_quantize(xh, wh, config: Int4Config, scales: Scales):
+  """(Xq, s_X, Wq, s_W): int8 INT4 values and their rank-1 scales."""
+  qmin, qmax = config.qrange
+  if config.scale_mode == "lsq":
+    sx, sw = (jnp.where(s > 0, s, jnp.nan) for s in scales)
+    xq = quantize.quantize(xh, sx, qmin, qmax)
+    wq = quantize.quantize(wh, sw, qmin, qmax)
+    return (xq, quantize.nonfinite_to_nan(sx, xh), wq, quantize.nonfinite_to_nan(sw, wh))
+  x_axes, w_axes = (1, 0) if config.scale_mode == "row" else (None, None)
+  xq, sx = quantize.quantize_absmax(xh, qmin, qmax, x_axes)
+  wq, sw = quantize.quantize_absmax(wh, qmin, qmax, w_axes)
+  return xq, sx, wq, sw
+
+
+def _check_length(length: int, max_a: int, max_b: int, what: str) -> None:
+  limit = max_exact_contraction(max_a, max_b)
+  if length > limit:
+    raise ValueError(f"int4_linear: the {what} GEMM contracts over {length} > {limit} elements, "
+                     "past which int32 accumulation could overflow; split the batch")
+
+
+def _grad_int_max(config: Int4Config) -> int:
+  qmin, qmax = config.qrange
+  if config.grad_mode == "bitsplit":
+    return bitsplit.combined_max(config.qrange)
+  return max(-qmin, qmax)
+
+
+def _quantized_product(g, reduce_axes, gemm_with, config: Int4Config, key):
+  """gemm_with(Q(g)) in float: the int32 GEMM result times Q's scale (one per kept slice)."""
+  qmin, qmax = config.qrange
+  key = key if config.stochastic_rounding else None
+  if config.grad_mode == "bitsplit":
+    split = bitsplit.bit_split(g, config.qrange, reduce_axes, key)
+    if config.fuse_bitsplit:
+      acc = gemm_with(split.combined())
+    else:
+      acc = split.radix * gemm_with(split.hi) + gemm_with(split.lo)
+    return acc.astype(jnp.float32) * split.scale_lo
+  gq, scale = quantize.quantize_absmax(g, qmin, qmax, reduce_axes, key)
+  return gemm_with(gq).astype(jnp.float32) * scale
+
+
+def sample_rows(g, xq, config: Int4Config, key):
+  """Leverage-score sampling of the token rows of dW's GEMM: (weighted g rows, matching xq rows)."""
+  m = g.shape[0]
+  if config.lss == "off" or m == 0:
+    return g, xq
+  scores = jnp.linalg.norm(g, axis=1) * jnp.linalg.norm(xq.astype(jnp.float32), axis=1)
+  if config.lss == "nonzero":
+    return g * sampling.nonzero_weights(scores)[:, None], xq
+  if config.lss == "bernoulli":
+    p = sampling.leverage_probabilities(scores, config.lss_budget * m)
+    return g * sampling.bernoulli_weights(key, p)[:, None], xq
+  n = max(1, round(config.lss_budget * m))
+  if n >= m:
+    return g, xq
+  p = sampling.leverage_probabilities(scores, n)
+  idx = sampling.systematic_indices(key, p, n)
+  return g[idx] / p[idx][:, None], xq[idx]
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _int4_matmul(config: Int4Config, xh, wh, scales, key):
+  return _forward(config, xh, wh, scales, key)[0]
+
+
+def _forward(config, xh, wh, scales, key):
+  qmin, qmax = config.qrange
+  _check_length(xh.shape[1], max(-qmin, qmax), max(-qmin, qmax), "forward")
+  xq, sx, wq, sw = forward_quantize(xh, wh, config, scales)
+  acc = backend.int_gemm(config.backend)(xq, wq, ((1,), (0,)))
+  y = acc.astype(jnp.float32) * sx * sw
+  lsq = (xh, wh, scales) if config.scale_mode == "lsq" else None
+  return y, (xq, sx, wq, sw, key, lsq)
+
+
+def _backward(config, residuals, dy):
+  xq, sx, wq, sw, key, lsq = residuals
+  if key is None and config.needs_key:
+    raise ValueError(validation.missing_key_message(config))
+  key_dx, key_dw, key_lss = backward_keys(key)
+  gemm = backend.int_gemm(config.backend)
+  dy = dy.astype(jnp.float32)
+  g_dx = dy * sw
+  g_dw = dy * sx
+  col_finite = jnp.all(jnp.isfinite(g_dw), axis=0, keepdims=True)
+  g_dw, x_rows = sample_rows(g_dw, xq, config, key_lss)
+  if config.grad_mode == "float":
+    dxh = g_dx @ wq.astype(jnp.float32).T
+    dwh = x_rows.astype(jnp.float32).T @ g_dw
+  else:
+    qmin, qmax = config.qrange
+    g_max, x_max = _grad_int_max(config), max(-qmin, qmax)
+    _check_length(g_dx.shape[1], g_max, x_max, "dX")
+    _check_length(g_dw.shape[0], g_max, x_max, "dW")
+    dxh = _quantized_product(g_dx, 1, lambda a: gemm(a, wq, ((1,), (1,))), config, key_dx)
+    dwh = _quantized_product(g_dw, 0, lambda a: gemm(x_rows, a, ((0,), (0,))), config, key_dw)
+  dwh = jnp.where(col_finite, dwh, jnp.nan)
+  if lsq is None:
+    return dxh, dwh, None, None
+  xh, wh, (sx_lsq, sw_lsq) = lsq
+  dxh, dsx = _lsq_backward(xh, sx_lsq, dxh, config)
+  dwh, dsw = _lsq_backward(wh, sw_lsq, dwh, config)
+  return dxh, dwh, (dsx, dsw), None
+
+
+def _lsq_backward(t, scale, dt_bar, config):
+  """Gradients through t_bar = scale * clip(round(t / scale)): clip mask and LSQ step size."""
+  qmin, qmax = config.qrange
+  v = t / scale
+  inside = (v >= qmin) & (v <= qmax)
+  dq_ds = jnp.round(jnp.clip(v, qmin, qmax)) - jnp.where(inside, v, 0.0)
+  dscale = jnp.sum(dt_bar * dq_ds) * quantize.lsq_grad_scale(t.size, qmax)
+  return jnp.where(inside, dt_bar, 0.0), dscale
+
+
+_int4_matmul.defvjp(_forward, _backward)

@@ -1,0 +1,103 @@
+"""A float fake-quant reference of int4_linear, for tests.
+
+It shares only the quantizer functions and the key schedule with the integer op (so the same key
+gives the same rounding noise and rows); everything else is written independently: a dense
+block-diagonal Hadamard matrix (kron(I, H_b)) instead of `block_hadamard`, dequantized float
+values and float GEMMs (precision HIGHEST) instead of int8 GEMMs with a scale epilogue, and LSQ
+gradients by autodiff through `lsq_fake_quant` instead of the hand-written backward.
+"""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+
+from int4jax import validation
+from int4jax.config import Int4Config
+from int4jax.linear import backward_keys, forward_quantize, sample_rows
+from int4jax.quantizers import bitsplit, hadamard
+from int4jax.quantizers import int4_quant as quantize
+
+_HI = jax.lax.Precision.HIGHEST
+
+
+def dense_block_hadamard(n: int, block: int) -> jax.Array:
+  return jnp.kron(jnp.eye(n // block, dtype=jnp.float32), hadamard.hadamard_matrix(block))
+
+
+def int4_linear_reference(x, kernel, bias=None, *, key=None, config: Int4Config = Int4Config(),
+                          scales=None):
+  """Same contract as `int4jax.int4_linear`, computed in float."""
+  validation.check_linear_args(x, kernel, bias, config, scales)
+  out_dtype = jnp.result_type(x.dtype, kernel.dtype)
+  k_in, n_out = kernel.shape
+  x2 = x.reshape(-1, k_in)
+  if scales is not None:
+    scales = tuple(jnp.asarray(s, jnp.float32) for s in scales)
+  y = _reference(config, x2.astype(jnp.float32), kernel.astype(jnp.float32), scales, key)
+  y = y.reshape(x.shape[:-1] + (n_out,))
+  if bias is not None:
+    y = y + bias.astype(jnp.float32)
+  return y.astype(out_dtype)
+
+
+def _transformed(config, x, w):
+  block = config.hadamard_block
+  kp = hadamard.padded_size(x.shape[1], block)
+  h = dense_block_hadamard(kp, block)
+  x_pad = jnp.pad(x, ((0, 0), (0, kp - x.shape[1])))
+  w_pad = jnp.pad(w, ((0, kp - w.shape[0]), (0, 0)))
+  return jnp.matmul(x_pad, h, precision=_HI), jnp.matmul(h, w_pad, precision=_HI), h
+
+
+def _fake_quant_grad(g, reduce_axes, config, key):
+  qmin, qmax = config.qrange
+  key = key if config.stochastic_rounding else None
+  if config.grad_mode == "float":
+    return g
+  if config.grad_mode == "bitsplit":
+    return bitsplit.bit_split(g, config.qrange, reduce_axes, key).dequantize()
+  gq, s = quantize.quantize_absmax(g, qmin, qmax, reduce_axes, key)
+  return quantize.dequantize(gq, s)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _reference(config, x, w, scales, key):
+  xh, wh, _ = _transformed(config, x, w)
+  xq, sx, wq, sw = forward_quantize(xh, wh, config, scales)
+  return jnp.matmul(quantize.dequantize(xq, sx), quantize.dequantize(wq, sw), precision=_HI)
+
+
+def _reference_fwd(config, x, w, scales, key):
+  return _reference(config, x, w, scales, key), (x, w, scales, key)
+
+
+def _reference_bwd(config, res, dy):
+  x, w, scales, key = res
+  if key is None and config.needs_key:
+    raise ValueError(validation.missing_key_message(config))
+  key_dx, key_dw, key_lss = backward_keys(key)
+  xh, wh, h = _transformed(config, x, w)
+  xq, sx, wq, sw = forward_quantize(xh, wh, config, scales)
+  dy = dy.astype(jnp.float32)
+  g_dx = _fake_quant_grad(dy * sw, 1, config, key_dx)
+  dx_bar = jnp.matmul(g_dx, wq.astype(jnp.float32).T, precision=_HI)
+  g_dw, x_rows = sample_rows(dy * sx, xq, config, key_lss)
+  g_dw = _fake_quant_grad(g_dw, 0, config, key_dw)
+  dw_bar = jnp.matmul(x_rows.astype(jnp.float32).T, g_dw, precision=_HI)
+  dw_bar = jnp.where(jnp.all(jnp.isfinite(dy * sx), axis=0, keepdims=True), dw_bar, jnp.nan)
+  if config.scale_mode == "lsq":
+    qmin, qmax = config.qrange
+    fq = lambda t, s: quantize.lsq_fake_quant(t, s, qmin, qmax)
+    _, vjp_x = jax.vjp(fq, xh, scales[0])
+    _, vjp_w = jax.vjp(fq, wh, scales[1])
+    (dxh, dsx), (dwh, dsw) = vjp_x(dx_bar), vjp_w(dw_bar)
+    dscales = (dsx, dsw)
+  else:
+    dxh, dwh, dscales = dx_bar, dw_bar, None
+  dx = jnp.matmul(dxh, h, precision=_HI)[:, :x.shape[1]]
+  dw = jnp.matmul(h, dwh, precision=_HI)[:w.shape[0]]
+  return dx, dw, dscales, None
+
+
+_reference.defvjp(_reference_fwd, _reference_bwd)

@@ -1,0 +1,34 @@
+"""Integer GEMM on INT4 values held in int8, int32 accumulation: XLA and a reference.
+
+Both take `dimension_numbers` as `lax.dot_general` does (contracting dims only, no batch dims).
+"""
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+INT32_MAX = 2**31 - 1
+
+
+def max_exact_contraction(max_abs_a: int, max_abs_b: int) -> int:
+  """Longest contraction whose int32 accumulation cannot overflow: every product is at most
+  max_abs_a * max_abs_b in magnitude, so K terms stay below 2^31 - 1 while K <= this."""
+  return INT32_MAX // (max_abs_a * max_abs_b)
+
+
+def _check(a, b):
+  if a.dtype != jnp.int8 or b.dtype != jnp.int8:
+    raise TypeError(f"integer GEMM takes int8 operands, got {a.dtype} and {b.dtype}")
+
+
+def int_gemm_xla(a: jax.Array, b: jax.Array, contracting) -> jax.Array:
+  """lax.dot_general(int8, int8) -> int32: cuBLAS int8 GEMM on GPU, exact everywhere."""
+  _check(a, b)
+  return lax.dot_general(a, b, (contracting, ((), ())), preferred_element_type=jnp.int32)
+
+
+def int_gemm_reference(a: jax.Array, b: jax.Array, contracting) -> jax.Array:
+  """The same product with both operands widened to int32 first (slow, obviously exact)."""
+  _check(a, b)
+  return lax.dot_general(a.astype(jnp.int32), b.astype(jnp.int32), (contracting, ((), ())),
+                         preferred_element_type=jnp.int32)
