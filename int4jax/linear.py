@@ -14,7 +14,7 @@ their scales (plus XH, HW in float for LSQ, whose gradient needs the rounding re
 
 Int32 accumulation is exact while the contraction length K satisfies
 K * max|a| * max|b| <= 2^31 - 1: forward (INT4 x INT4, 8 * 8) K <= 33,554,431; backward with the
-bit split (|v| <= 119, times 8) K <= 2,255,494 for dX's N and dW's token count M. Longer
+bit split (|v| <= 119, times 8) K <= 2,255,760 for dX's N and dW's token count M. Longer
 contractions raise a ValueError (see `max_exact_contraction`).
 """
 
@@ -58,7 +58,7 @@ def int4_linear(x: jax.Array, kernel: jax.Array, bias: Optional[jax.Array] = Non
   y = _int4_matmul(config, xh, wh, scales, key)
   y = y.reshape(x.shape[:-1] + (n_out,))
   if bias is not None:
-    y = y + bias.astype(jnp.float32)
+    y = y + bias.astype(jnp.float32).reshape((1,) * (y.ndim - 1) + (n_out,))
   return y.astype(out_dtype)
 
 

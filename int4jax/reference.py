@@ -1,10 +1,12 @@
 """A float fake-quant reference of int4_linear, for tests.
 
 It shares only the quantizer functions and the key schedule with the integer op (so the same key
-gives the same rounding noise and rows); everything else is written independently: a dense
-block-diagonal Hadamard matrix (kron(I, H_b)) instead of `block_hadamard`, dequantized float
-values and float GEMMs (precision HIGHEST) instead of int8 GEMMs with a scale epilogue, and LSQ
-gradients by autodiff through `lsq_fake_quant` instead of the hand-written backward.
+gives the same rounding noise and rows); everything else is written independently: dequantized
+float values and float GEMMs (precision HIGHEST) instead of int8 GEMMs with a scale epilogue, a
+dense block-diagonal Hadamard matrix (kron(I, H_b)) for the gradients' H^T instead of autodiff,
+and LSQ gradients by autodiff through `lsq_fake_quant` instead of the hand-written backward.
+The forward transform uses `block_hadamard` like the op (tested against the dense matrix
+separately): quantization is discontinuous, so a one-ulp difference in XH could flip a rounding.
 """
 
 import functools
@@ -37,7 +39,7 @@ def int4_linear_reference(x, kernel, bias=None, *, key=None, config: Int4Config 
   y = _reference(config, x2.astype(jnp.float32), kernel.astype(jnp.float32), scales, key)
   y = y.reshape(x.shape[:-1] + (n_out,))
   if bias is not None:
-    y = y + bias.astype(jnp.float32)
+    y = y + bias.astype(jnp.float32).reshape((1,) * (y.ndim - 1) + (n_out,))
   return y.astype(out_dtype)
 
 
@@ -47,7 +49,9 @@ def _transformed(config, x, w):
   h = dense_block_hadamard(kp, block)
   x_pad = jnp.pad(x, ((0, 0), (0, kp - x.shape[1])))
   w_pad = jnp.pad(w, ((0, kp - w.shape[0]), (0, 0)))
-  return jnp.matmul(x_pad, h, precision=_HI), jnp.matmul(h, w_pad, precision=_HI), h
+  xh = hadamard.block_hadamard(x_pad, block, 1)
+  wh = hadamard.block_hadamard(w_pad, block, 0)
+  return xh, wh, h
 
 
 def _fake_quant_grad(g, reduce_axes, config, key):
