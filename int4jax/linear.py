@@ -128,7 +128,9 @@ def sample_rows(g, xq, config: Int4Config, key):
     return g, xq
   p = sampling.leverage_probabilities(scores, n)
   idx = sampling.systematic_indices(key, p, n)
-  return g[idx] / p[idx][:, None], xq[idx]
+  p_kept = p[idx]
+  inverse = jnp.where(p_kept > 0, 1.0 / jnp.where(p_kept > 0, p_kept, 1.0), 0.0)  # p=0: zero row
+  return g[idx] * inverse[:, None], xq[idx]
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))

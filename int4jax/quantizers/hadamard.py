@@ -6,6 +6,7 @@ the contraction dim leaves the product unchanged while spreading outliers across
 """
 
 import functools
+import math
 
 import jax
 import jax.numpy as jnp
@@ -49,10 +50,13 @@ def block_hadamard(x: jax.Array, block_size: int, axis: int = -1) -> jax.Array:
   if block_size == 1:
     return x
   h = hadamard_matrix(block_size, x.dtype)
-  moved = jnp.moveaxis(x, axis, -1)
-  blocks = moved.reshape(moved.shape[:-1] + (n // block_size, block_size))
-  out = jnp.matmul(blocks, h, precision=jax.lax.Precision.HIGHEST).reshape(moved.shape)
-  return jnp.moveaxis(out, -1, axis)
+  before, after = math.prod(x.shape[:axis]), math.prod(x.shape[axis + 1:])
+  hi = jax.lax.Precision.HIGHEST
+  if after == 1:  # last axis: a plain batched matmul is fastest
+    blocks = x.reshape(before, n // block_size, block_size)
+    return jnp.matmul(blocks, h, precision=hi).reshape(x.shape)
+  blocks = x.reshape(before, n // block_size, block_size, after)  # no transpose needed
+  return jnp.einsum("pgbq,bc->pgcq", blocks, h, precision=hi).reshape(x.shape)
 
 
 def padded_size(n: int, block_size: int) -> int:

@@ -1,0 +1,133 @@
+"""Bad input: clear errors, or documented behaviour that is never silent garbage."""
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from int4jax import Int4Config, int4_linear
+from tests.helpers import make_xw
+
+KEY = jax.random.key(0)
+
+
+@pytest.mark.parametrize("dtype", [jnp.int8, jnp.int32, jnp.bool_])
+@pytest.mark.parametrize("arg", ["x", "kernel"])
+def test_integer_or_bool_inputs_raise_type_error_naming_the_argument(dtype, arg):
+  x, w = make_xw(4, 32, 8)
+  args = {"x": x, "kernel": w}
+  args[arg] = args[arg].astype(dtype)
+  with pytest.raises(TypeError, match=f"int4_linear: {arg} must be a floating-point"):
+    int4_linear(args["x"], args["kernel"])
+
+
+@pytest.mark.parametrize("shape", [(32,), (), (32, 4, 2)])
+def test_kernel_must_be_rank_two(shape):
+  with pytest.raises(ValueError, match="kernel must have rank 2"):
+    int4_linear(jnp.ones((4, 32)), jnp.ones(shape))
+
+
+def test_mismatched_shapes_and_bias():
+  with pytest.raises(ValueError, match="last dim must equal"):
+    int4_linear(jnp.ones((4, 31)), jnp.ones((32, 8)))
+  with pytest.raises(ValueError, match="bias must have shape"):
+    int4_linear(jnp.ones((4, 32)), jnp.ones((32, 8)), jnp.ones(7))
+
+
+def test_missing_key_says_how_to_pass_one():
+  x, w = make_xw(4, 32, 8)
+  y = int4_linear(x, w)  # forward alone needs no key
+  assert y.shape == (4, 8)
+  with pytest.raises(ValueError, match=r"key=jax.random.key\(seed\).*rngs=\{'quant': key\}"):
+    jax.grad(lambda w: jnp.sum(int4_linear(x, w)))(w)
+  deterministic = Int4Config(stochastic_rounding=False)
+  chex.assert_tree_all_finite(jax.grad(lambda w: jnp.sum(int4_linear(x, w, config=deterministic)))(w))
+  with pytest.raises(ValueError, match="lss='bernoulli'"):
+    jax.grad(lambda w: jnp.sum(int4_linear(
+        x, w, config=deterministic.replace(lss="bernoulli"))))(w)
+
+
+def test_bad_key_and_config_types():
+  x, w = make_xw(4, 32, 8)
+  with pytest.raises(TypeError, match="PRNG key"):
+    int4_linear(x, w, key=0)
+  with pytest.raises(TypeError, match="Int4Config"):
+    int4_linear(x, w, config={"hadamard_block": 32})
+  with pytest.raises(ValueError, match="power of two"):
+    Int4Config(hadamard_block=24)
+  with pytest.raises(ValueError, match="lss_budget"):
+    Int4Config(lss_budget=0.0)
+  with pytest.raises(ValueError, match="grad_mode"):
+    Int4Config(grad_mode="fp8")
+  with pytest.raises(TypeError):
+    Int4Config(32)  # keyword-only
+  with pytest.raises(ValueError, match="scales=\\(x_scale, kernel_scale\\)"):
+    int4_linear(x, w, config=Int4Config.paper())
+  with pytest.raises(ValueError, match="only used with scale_mode='lsq'"):
+    int4_linear(x, w, scales=(1.0, 1.0))
+
+
+@pytest.mark.parametrize("k_in", [1, 17, 137, 200])
+def test_contraction_not_divisible_by_block_is_zero_padded(k_in):
+  """Documented: `in` is zero-padded to a multiple of the block; the result is the same as
+  quantizing the padded problem, whose product equals the unpadded one."""
+  x, w = make_xw(16, k_in, 8, seed=k_in)
+  y = int4_linear(x, w)
+  x_pad = jnp.pad(x, ((0, 0), (0, -k_in % 32)))
+  w_pad = jnp.pad(w, ((0, -k_in % 32), (0, 0)))
+  np.testing.assert_array_equal(y, int4_linear(x_pad, w_pad))
+  assert float(jnp.linalg.norm(y - x @ w) / jnp.linalg.norm(x @ w)) < 0.3
+  dx, dw = jax.grad(lambda x, w: jnp.sum(int4_linear(x, w, key=KEY)), argnums=(0, 1))(x, w)
+  assert dx.shape == x.shape and dw.shape == w.shape
+
+
+@pytest.mark.parametrize("config", [Int4Config(), Int4Config(scale_mode="tensor"),
+                                    Int4Config(lss="bernoulli"), Int4Config(lss="systematic")])
+def test_all_zero_inputs_give_zeros_and_finite_grads(config):
+  x, w = jnp.zeros((8, 64)), jnp.zeros((64, 16))
+  np.testing.assert_array_equal(int4_linear(x, w), 0)
+  grads = jax.grad(lambda x, w: jnp.sum(int4_linear(x, w, key=KEY, config=config) ** 2),
+                   argnums=(0, 1))(x, w)
+  chex.assert_tree_all_finite(grads)
+  g = jax.grad(lambda w: jnp.sum(int4_linear(jnp.ones((8, 64)), w, key=KEY, config=config)))(w)
+  chex.assert_tree_all_finite(g)  # zero kernel, non-zero x
+
+
+def test_empty_batch():
+  y = int4_linear(jnp.zeros((0, 64)), jnp.ones((64, 4)))
+  assert y.shape == (0, 4)
+
+
+@pytest.mark.parametrize("bad", [jnp.nan, jnp.inf])
+@pytest.mark.parametrize("config", [Int4Config(), Int4Config(scale_mode="tensor"),
+                                    Int4Config(lss="bernoulli"), Int4Config(lss="systematic"),
+                                    Int4Config.paper()])
+def test_nonfinite_values_propagate_as_nan(bad, config):
+  x, w = make_xw(16, 64, 8)
+  scales = (jnp.float32(0.5), jnp.float32(0.05)) if config.scale_mode == "lsq" else None
+  run = lambda x, w: int4_linear(x, w, key=KEY, config=config, scales=scales)
+  cot = jnp.ones((16, 8))
+  # NaN/Inf in x: every output of that row is NaN (all outputs for per-tensor scales); dW is NaN.
+  y = run(x.at[3, 5].set(bad), w)
+  assert bool(jnp.all(jnp.isnan(y[3])))
+  dw = jax.vjp(lambda w: run(x.at[3, 5].set(bad), w), w)[1](cot)[0]
+  assert bool(jnp.all(jnp.isnan(dw)))
+  # In the kernel: that output column is NaN; dX is NaN.
+  y = run(x, w.at[5, 2].set(bad))
+  assert bool(jnp.all(jnp.isnan(y[:, 2])))
+  dx = jax.vjp(lambda x: run(x, w.at[5, 2].set(bad)), x)[1](cot)[0]
+  assert bool(jnp.all(jnp.isnan(dx)))
+  # In dY: that row of dX and the touched columns of dW are NaN.
+  dx, dw = jax.vjp(run, x, w)[1](cot.at[4, 1].set(bad))
+  assert bool(jnp.all(jnp.isnan(dx[4]))) and bool(jnp.all(jnp.isfinite(dx[:4])))
+  assert bool(jnp.all(jnp.isnan(dw[:, 1])))
+
+
+def test_contraction_longer_than_int32_can_hold_raises():
+  from int4jax.linear import _check_length
+  from int4jax.kernels.int_gemm import max_exact_contraction
+  limit = max_exact_contraction(119, 8)
+  _check_length(limit, 119, 8, "dW")  # the limit itself is fine
+  with pytest.raises(ValueError, match="int32 accumulation could overflow"):
+    _check_length(limit + 1, 119, 8, "dW")
