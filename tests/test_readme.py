@@ -1,0 +1,20 @@
+"""The README's Python blocks run as written, and its first lines are the CI test command."""
+
+import pathlib
+import re
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+README = (ROOT / "README.md").read_text()
+
+
+def test_python_blocks_run():
+  blocks = re.findall(r"```python\n(.*?)```", README, re.S)
+  assert blocks
+  for block in blocks:
+    exec(compile(block, "README.md", "exec"), {})
+
+
+def test_ci_runs_the_readme_test_command():
+  first_block = re.search(r"```bash\n(.*?)```", README, re.S).group(1)
+  test_command = first_block.strip().splitlines()[1].split("#")[0].strip()
+  assert test_command in (ROOT / ".ci" / "run").read_text()
