@@ -86,10 +86,11 @@ def _reference_bwd(config, res, dy):
   dy = dy.astype(jnp.float32)
   g_dx = _fake_quant_grad(dy * sw, 1, config, key_dx)
   dx_bar = jnp.matmul(g_dx, wq.astype(jnp.float32).T, precision=_HI)
-  g_dw, x_rows = sample_rows(dy * sx, xq, config, key_lss)
+  dy_sx = dy * sx
+  g_dw, x_rows = sample_rows(dy_sx, xq, config, key_lss)
   g_dw = _fake_quant_grad(g_dw, 0, config, key_dw)
   dw_bar = jnp.matmul(x_rows.astype(jnp.float32).T, g_dw, precision=_HI)
-  dw_bar = jnp.where(jnp.all(jnp.isfinite(dy * sx), axis=0, keepdims=True), dw_bar, jnp.nan)
+  dw_bar = jnp.where(jnp.all(jnp.isfinite(dy_sx), axis=0, keepdims=True), dw_bar, jnp.nan)
   if config.scale_mode == "lsq":
     qmin, qmax = config.qrange
     fq = lambda t, s: quantize.lsq_fake_quant(t, s, qmin, qmax)
