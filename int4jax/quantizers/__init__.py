@@ -10,3 +10,5 @@ from int4jax.quantizers.int4_quant import (FULL, SYMMETRIC, absmax_scale, dequan
                                          round_half_even, stochastic_round)
 from int4jax.quantizers.sampling import (bernoulli_weights, leverage_probabilities,
                                          nonzero_weights, systematic_indices)
+from int4jax.quantizers.block_search import (block_errors, candidate_blocks,
+                                             search_hadamard_block)

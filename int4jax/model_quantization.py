@@ -1,0 +1,51 @@
+"""One call to make an existing Flax model INT4, linen or NNX, by regex rules on module paths."""
+
+from typing import Dict, Optional, Sequence
+
+import flax.linen as nn
+from flax import nnx
+
+from int4jax.config import Int4Config
+from int4jax.nn.quantize import QuantizedModel, quantize_linen
+from int4jax.nnx.linear import Linear as NnxInt4Linear
+from int4jax.nnx.quantize import quantize_nnx
+from int4jax.rules import QuantRule
+
+
+def quantize_model(model, rules: Optional[Sequence[QuantRule]] = None, *,
+                   config: Int4Config = Int4Config(), exclude: Sequence[str] = (),
+                   rngs: Optional[nnx.Rngs] = None):
+  """INT4 for the Dense/DenseGeneral (linen) or Linear (NNX) layers of `model` that the rules pick.
+
+  rules: QuantRule(path=regex, config=Int4Config or None), first full match on the '/'-joined
+    module path wins, unmatched layers stay float. Shorthand without rules: every layer gets
+    `config` except paths matching a regex in `exclude` (e.g. the classifier head).
+  linen: returns a new module (`QuantizedModel`) with the same param tree; the model's code is
+    untouched. Its `.plan(*example_args)` lists which layers are INT4.
+  NNX: swaps the matched nnx.Linear layers IN PLACE for int4jax.nnx.Linear sharing their Params
+    and returns the same model; `rngs` supplies the 'quant' stream for backward randomness.
+  Embeddings, attention's QK^T / PV, norms and activations are not linear layers here and stay
+    float.
+  """
+  if isinstance(model, nn.Module):
+    if rngs is not None:
+      raise ValueError("rngs= is for NNX models; a linen model takes rngs={'quant': key} in apply")
+    return quantize_linen(model, rules, config=config, exclude=exclude)
+  if isinstance(model, nnx.Module):
+    quantize_nnx(model, rules, config=config, exclude=exclude, rngs=rngs)
+    return model
+  raise TypeError(f"quantize_model: expected a flax.linen or flax.nnx Module, got "
+                  f"{type(model).__name__}")
+
+
+def quantization_plan(model, *example_args, **example_kwargs) -> Dict[str, Optional[Int4Config]]:
+  """{layer path: Int4Config, or None when float}: a QuantizedModel's plan on example inputs, or
+  an NNX model's Linear layers as they are now."""
+  if isinstance(model, QuantizedModel):
+    return model.plan(*example_args, **example_kwargs)
+  if isinstance(model, nnx.Module):
+    return {"/".join(str(p) for p in path): (node.config if isinstance(node, NnxInt4Linear)
+                                             else None)
+            for path, node in nnx.iter_graph(model) if isinstance(node, nnx.Linear)}
+  raise TypeError(f"quantization_plan: expected a QuantizedModel or an nnx.Module, got "
+                  f"{type(model).__name__}")

@@ -1,0 +1,146 @@
+"""The INT4 dot_general behind every linen layer, and the per-layer quantizer state it owns.
+
+`int4_dot_general(owner, lhs, rhs, dimension_numbers, config)` has lax.dot_general's contract
+(output dims: batch, lhs free, rhs free) with lhs the activations and rhs the weights, as in
+Flax's Dense/DenseGeneral. `owner` is the bound linen module that holds the state:
+
+  params/<layer>/quant/{x_scale, kernel_scale}   LSQ step sizes (scale_mode="lsq"), trainable,
+                                                 initialised from the init batch to
+                                                 2 * mean|XH| / sqrt(Qp) and mean|HW| alike
+  quant_state/<layer>/hadamard                   (b, b) Hadamard block chosen on the init batch
+                                                 (hadamard_block="search"); its size is the block
+
+Randomness for the backward pass comes from the 'quant' rng stream.
+"""
+
+import math
+from typing import Optional, Tuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from int4jax.config import Int4Config
+from int4jax.linear import int4_linear
+from int4jax.quantizers import block_search, hadamard
+from int4jax.quantizers import int4_quant as quantize
+
+RNG_STREAM = "quant"
+STATE_COLLECTION = "quant_state"
+QUANT_PARAMS = "quant"
+
+
+def _hadamard_domain(x2, w2, block):
+  xh = hadamard.block_hadamard(hadamard.pad_to_block(x2, block, 1), block, 1)
+  wh = hadamard.block_hadamard(hadamard.pad_to_block(w2, block, 0), block, 0)
+  return xh, wh
+
+
+def resolve_block(owner: nn.Module, x2: jax.Array, w2: jax.Array, config: Int4Config) -> int:
+  """The layer's Hadamard block: config's int, or the one searched at init (kept in state)."""
+  if config.hadamard_block != "search":
+    return config.hadamard_block
+  if not owner.has_variable(STATE_COLLECTION, "hadamard"):
+    if not owner.is_mutable_collection(STATE_COLLECTION):
+      raise ValueError(
+          f"int4jax: layer {'/'.join(owner.path) or '<root>'} uses hadamard_block='search' but "
+          f"the variables passed to apply have no '{STATE_COLLECTION}' entry for it. Pass the "
+          f"whole variables dict from init (params and '{STATE_COLLECTION}'), or create the "
+          f"state from a batch with int4jax.nn.calibrate(model, variables, batch)")
+  matrix = owner.variable(
+      STATE_COLLECTION, "hadamard",
+      lambda: hadamard.hadamard_matrix(block_search.search_hadamard_block(
+          x2, w2, config.scale_mode, config.qrange)))
+  return matrix.value.shape[0]
+
+
+def lsq_scales(owner: nn.Module, x2, w2, config: Int4Config) -> Optional[Tuple[jax.Array, ...]]:
+  """(x_scale, kernel_scale) params for scale_mode='lsq', initialised from this batch."""
+  if config.scale_mode != "lsq":
+    return None
+  _, qmax = config.qrange
+
+  def init(_rng):
+    xh, wh = _hadamard_domain(x2.astype(jnp.float32), w2.astype(jnp.float32),
+                              config.hadamard_block)
+    return {"x_scale": quantize.lsq_init_scale(xh, qmax),
+            "kernel_scale": quantize.lsq_init_scale(wh, qmax)}
+
+  scales = owner.param(QUANT_PARAMS, init)
+  return scales["x_scale"], scales["kernel_scale"]
+
+
+def quant_key(owner: nn.Module) -> Optional[jax.Array]:
+  """A fresh key from the 'quant' stream, or None (forward-only use needs none; a gradient
+  without it raises an error naming rngs={'quant': key})."""
+  return owner.make_rng(RNG_STREAM) if owner.has_rng(RNG_STREAM) else None
+
+
+def _check_dims(lhs, rhs, dimension_numbers):
+  (lc, rc), (lb, rb) = dimension_numbers
+  lc, rc, lb, rb = (tuple(int(a) for a in t) for t in (lc, rc, lb, rb))
+  if len(lc) != len(rc) or len(lb) != len(rb):
+    raise ValueError(f"int4 dot_general: mismatched dimension_numbers {dimension_numbers}")
+  if not lc:
+    raise ValueError("int4 dot_general: needs at least one contracting dim (an outer product "
+                     "has no GEMM to quantize)")
+  for a, b in zip(lc + lb, rc + rb):
+    if lhs.shape[a] != rhs.shape[b]:
+      raise ValueError(f"int4 dot_general: lhs dim {a} ({lhs.shape[a]}) != rhs dim {b} "
+                       f"({rhs.shape[b]}) in {dimension_numbers}")
+  return lc, rc, lb, rb
+
+
+def int4_dot_general(owner: nn.Module, lhs: jax.Array, rhs: jax.Array, dimension_numbers,
+                     config: Int4Config, precision=None, preferred_element_type=None,
+                     **unused_kwargs) -> jax.Array:
+  """lax.dot_general(lhs, rhs, dimension_numbers) with all three GEMMs in INT4 (`int4_linear`).
+
+  lhs holds the activations (its free dims are the token rows that leverage-score sampling
+  draws from), rhs the weights. `precision` is accepted for signature compatibility and ignored
+  (the GEMM is integer and exact).
+  """
+  del precision, unused_kwargs
+  if not isinstance(config, Int4Config):
+    raise TypeError(f"int4 dot_general: config must be an Int4Config, got {type(config).__name__}")
+  lc, rc, lb, rb = _check_dims(lhs, rhs, dimension_numbers)
+  lfree = [a for a in range(lhs.ndim) if a not in lc + lb]
+  rfree = [a for a in range(rhs.ndim) if a not in rc + rb]
+  batch_shape = tuple(lhs.shape[a] for a in lb)
+  lfree_shape = tuple(lhs.shape[a] for a in lfree)
+  rfree_shape = tuple(rhs.shape[a] for a in rfree)
+  k = math.prod(lhs.shape[a] for a in lc)
+  nb = math.prod(batch_shape)
+  x = jnp.transpose(lhs, lb + tuple(lfree) + lc).reshape(nb, math.prod(lfree_shape), k)
+  w = jnp.transpose(rhs, rb + rc + tuple(rfree)).reshape(nb, k, math.prod(rfree_shape))
+  # State is shared by the batch slices: one block, one pair of per-tensor LSQ scales.
+  x_all = x.reshape(-1, k)
+  w_all = jnp.moveaxis(w, 0, 1).reshape(k, -1)
+  config = config.replace(hadamard_block=resolve_block(owner, x_all, w_all, config))
+  scales = lsq_scales(owner, x_all, w_all, config)
+  key = quant_key(owner)
+  if not batch_shape:
+    y = int4_linear(x[0], w[0], key=key, config=config, scales=scales)[None]
+  else:
+    keys = None if key is None else jax.random.split(key, nb)
+    y = jax.vmap(lambda xi, wi, ki: int4_linear(xi, wi, key=ki, config=config, scales=scales),
+                 in_axes=(0, 0, None if keys is None else 0))(x, w, keys)
+  y = y.reshape(batch_shape + lfree_shape + rfree_shape)
+  return y if preferred_element_type is None else y.astype(preferred_element_type)
+
+
+class Int4DotGeneral(nn.Module):
+  """A drop-in `dot_general` for Flax layers: `nn.Dense(f, dot_general_cls=partial(
+  Int4DotGeneral, config=cfg))` or `nn.Dense(f, dot_general=Int4DotGeneral(cfg))`.
+
+  The host layer's params stay as they are; quantizer state (if the config needs any) lives in
+  this submodule. Backward randomness comes from the 'quant' rng stream.
+  """
+
+  config: Int4Config = Int4Config()
+
+  @nn.compact
+  def __call__(self, lhs, rhs, dimension_numbers, precision=None, preferred_element_type=None,
+               **kwargs):
+    return int4_dot_general(self, lhs, rhs, dimension_numbers, self.config, precision,
+                            preferred_element_type, **kwargs)

@@ -1,0 +1,95 @@
+"""INT4 for an existing linen model without editing it: method interception on module paths.
+
+Every nn.Dense / nn.DenseGeneral call inside the model is intercepted; if its path matches a
+rule with a config, the call runs `int4_dense_call` on the same module (so the params keep their
+names, shapes and initialisers), else it runs unchanged.
+"""
+
+import contextlib
+from typing import Any, Dict, Optional, Sequence, Tuple
+
+import flax.linen as nn
+import jax
+
+from int4jax.config import Int4Config
+from int4jax.nn.dense import Dense, DenseGeneral, int4_dense_call
+from int4jax.nn.int4_dot import STATE_COLLECTION
+from int4jax.rules import QuantRule, config_for, make_rules
+
+
+def _module_path(module: nn.Module) -> str:
+  return "/".join(str(p) for p in module.path)
+
+
+def _interceptor(rules: Sequence[QuantRule], record: Optional[Dict[str, Any]], run_int4: bool):
+  def intercept(next_fun, args, kwargs, context):
+    layer = context.module
+    if (context.method_name != "__call__" or not isinstance(layer, (nn.Dense, nn.DenseGeneral))
+        or isinstance(layer, (Dense, DenseGeneral))):  # already INT4 by construction
+      return next_fun(*args, **kwargs)
+    path = _module_path(layer)
+    config = config_for(rules, path)
+    if record is not None:
+      record[path] = config
+    if config is None or not run_int4:
+      return next_fun(*args, **kwargs)
+    return int4_dense_call(layer, *args, config=config, **kwargs)
+
+  return intercept
+
+
+@contextlib.contextmanager
+def int4_rules(rules: Sequence[QuantRule] = None, *, config: Int4Config = Int4Config(),
+               exclude: Sequence[str] = ()):
+  """Context manager: linen Dense/DenseGeneral calls traced inside it follow `rules`.
+
+  Prefer `quantize_model`, which keeps the rules with the model; this form must surround every
+  trace (init, apply, and each jit retrace).
+  """
+  with nn.intercept_methods(_interceptor(make_rules(rules, config, exclude), None, True)):
+    yield
+
+
+class QuantizedModel(nn.Module):
+  """`model` with its matched Dense/DenseGeneral layers in INT4. Same param tree as `model`
+  (the wrapper shares its scope), plus the documented quantizer state for configs that need it.
+  Call it as you would `model`; other methods: `apply(..., method=lambda m, *a: m.model.f(*a))`
+  runs them without INT4, so use `int4_rules` around such calls."""
+
+  model: nn.Module
+  rules: Tuple[QuantRule, ...]
+
+  def setup(self):
+    nn.share_scope(self, self.model)
+
+  def __call__(self, *args, **kwargs):
+    with nn.intercept_methods(_interceptor(self.rules, None, True)):
+      return self.model(*args, **kwargs)
+
+  def plan(self, *args, **kwargs) -> Dict[str, Optional[Int4Config]]:
+    """{module path: its Int4Config, or None when it stays float} for each Dense/DenseGeneral
+    called on these example inputs (shape-only: nothing is computed)."""
+    record: Dict[str, Any] = {}
+
+    def init(*a, **k):
+      with nn.intercept_methods(_interceptor(self.rules, record, False)):
+        return self.model.init(jax.random.key(0), *a, **k)
+
+    jax.eval_shape(init, *args, **kwargs)
+    return record
+
+
+def quantize_linen(model: nn.Module, rules: Optional[Sequence[QuantRule]] = None, *,
+                   config: Int4Config = Int4Config(), exclude: Sequence[str] = ()):
+  if not isinstance(model, nn.Module):
+    raise TypeError(f"quantize_model: expected a flax module, got {type(model).__name__}")
+  return QuantizedModel(model=model.clone(parent=None), rules=make_rules(rules, config, exclude))
+
+
+def calibrate(model: nn.Module, variables, *args, **kwargs):
+  """Variables with the INT4 quantizer state (LSQ scales, searched Hadamard blocks) created from
+  this batch for params that lack it, e.g. float params loaded from a checkpoint. Existing
+  entries are kept. Runs eagerly (the block search needs concrete values)."""
+  _, state = model.apply(variables, *args, rngs={"params": jax.random.key(0)},
+                         mutable=["params", STATE_COLLECTION], **kwargs)
+  return {**variables, **state}
