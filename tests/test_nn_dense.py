@@ -207,3 +207,13 @@ def test_bfloat16_compute_dtype_is_respected():
   params = layer.init(jax.random.key(2), X)
   assert layer.apply(params, X).dtype == jnp.bfloat16
   assert int4jax.nn.Dense is inn.Dense
+
+
+def test_a_learned_step_size_pushed_below_zero_acts_as_its_magnitude():
+  layer = inn.Dense(24, config=Int4Config.paper())
+  params = layer.init(jax.random.key(2), X)
+  flipped = jax.tree_util.tree_map_with_path(
+      lambda p, a: -a if "kernel_scale" in jax.tree_util.keystr(p) else a, params)
+  chex.assert_trees_all_equal(layer.apply(flipped, X), layer.apply(params, X))
+  g = jax.grad(lambda p: jnp.sum(layer.apply(p, X, rngs={"quant": QKEY}) ** 2))(flipped)
+  chex.assert_tree_all_finite(g)

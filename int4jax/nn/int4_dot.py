@@ -67,7 +67,14 @@ def lsq_scales(owner: nn.Module, x2, w2, config: Int4Config) -> Optional[Tuple[j
             "kernel_scale": quantize.lsq_init_scale(wh, qmax)}
 
   scales = owner.param(QUANT_PARAMS, init)
-  return scales["x_scale"], scales["kernel_scale"]
+  return positive_step(scales["x_scale"]), positive_step(scales["kernel_scale"])
+
+
+def positive_step(s: jax.Array) -> jax.Array:
+  """|s| floored at 1e-10: an optimizer that pushes a learned step size through zero (Adam moves
+  it by ~lr per step whatever the gradient's size) keeps training on |s| instead of turning the
+  layer into NaN. The functional op, given a non-positive scale directly, still returns NaN."""
+  return jnp.maximum(jnp.abs(s), 1e-10)
 
 
 def quant_key(owner: nn.Module) -> Optional[jax.Array]:

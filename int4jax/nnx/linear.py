@@ -17,6 +17,7 @@ from flax import nnx
 
 from int4jax.config import Int4Config
 from int4jax.linear import int4_linear
+from int4jax.nn.int4_dot import positive_step
 from int4jax.quantizers import block_search, hadamard
 from int4jax.quantizers import int4_quant as quantize
 
@@ -68,8 +69,8 @@ class Linear(nnx.Linear):
       xh = hadamard.block_hadamard(hadamard.pad_to_block(x2.astype(jnp.float32), b, 1), b, 1)
       wh = hadamard.block_hadamard(hadamard.pad_to_block(kernel.astype(jnp.float32), b, 0), b,
                                    0)
-      self.x_scale.value = quantize.lsq_init_scale(xh, qmax)
-      self.kernel_scale.value = quantize.lsq_init_scale(wh, qmax)
+      self.x_scale[...] = quantize.lsq_init_scale(xh, qmax)
+      self.kernel_scale[...] = quantize.lsq_init_scale(wh, qmax)
     self.calibrated = True
 
   def __call__(self, inputs: jax.Array, *, rngs=None) -> jax.Array:
@@ -81,8 +82,8 @@ class Linear(nnx.Linear):
     stream = _stream(rngs) if rngs is not None else self.quant_rngs
     key = stream() if stream is not None else None
     config = self.config.replace(hadamard_block=self.hadamard_block)
-    scales = ((self.x_scale[...], self.kernel_scale[...]) if config.scale_mode == "lsq"
-              else None)
+    scales = ((positive_step(self.x_scale[...]), positive_step(self.kernel_scale[...]))
+              if config.scale_mode == "lsq" else None)
     y = int4_linear(inputs, kernel, key=key, config=config, scales=scales)
     if self.preferred_element_type is not None:
       y = y.astype(self.preferred_element_type)
