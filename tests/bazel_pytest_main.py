@@ -1,7 +1,9 @@
 """Entry point of the Bazel py_test targets: runs pytest on the test files given as arguments.
 
 A pytest file run directly as a script would define its tests and exit 0 without running any, so
-every py_test goes through this runner, which exits with pytest's status.
+every py_test goes through this runner, which exits with pytest's status (no tests collected is a
+failure too). It prints where int4jax was imported from, so a log shows that the test used the
+target's runfiles rather than an installed copy.
 """
 
 import sys
@@ -9,4 +11,6 @@ import sys
 import pytest
 
 if __name__ == "__main__":
+  import int4jax
+  print(f"int4jax {int4jax.__version__} from {int4jax.__file__}", file=sys.stderr)
   sys.exit(pytest.main(["-q", "-p", "no:cacheprovider", *sys.argv[1:]]))
