@@ -16,9 +16,21 @@ def max_exact_contraction(max_abs_a: int, max_abs_b: int) -> int:
   return INT32_MAX // (max_abs_a * max_abs_b)
 
 
-def _check(a, b):
+def check_int8_operands(a, b):
   if a.dtype != jnp.int8 or b.dtype != jnp.int8:
     raise TypeError(f"integer GEMM takes int8 operands, got {a.dtype} and {b.dtype}")
+
+
+def gemm_shape(a, b, contracting):
+  """(M, N, K) of a 2-D GEMM contracting a's dim ca with b's dim cb; raises on a mismatch."""
+  (ca,), (cb,) = contracting
+  if a.ndim != 2 or b.ndim != 2 or ca not in (0, 1) or cb not in (0, 1):
+    raise ValueError(f"integer GEMM takes 2-D operands and one contracting dim each, got shapes "
+                     f"{a.shape}, {b.shape} and contracting dims {contracting}")
+  if a.shape[ca] != b.shape[cb]:
+    raise ValueError(f"contracting dims differ: a.shape[{ca}]={a.shape[ca]}, "
+                     f"b.shape[{cb}]={b.shape[cb]}")
+  return a.shape[1 - ca], b.shape[1 - cb], a.shape[ca]
 
 
 def _row_major_transpose(a: jax.Array) -> jax.Array:
@@ -33,7 +45,7 @@ def int_gemm_xla(a: jax.Array, b: jax.Array, contracting) -> jax.Array:
   X^T dY layout: 272 ms vs 58 ms at 2048^3 on 2 cores), so on CPU that lhs is transposed
   into a row-major copy first (one int8 pass, ~1 ms).
   """
-  _check(a, b)
+  check_int8_operands(a, b)
   (ca,), (cb,) = contracting
   if a.ndim == 2 and ca == 0 and jax.default_backend() == "cpu":
     a, ca = _row_major_transpose(a), 1
@@ -42,6 +54,6 @@ def int_gemm_xla(a: jax.Array, b: jax.Array, contracting) -> jax.Array:
 
 def int_gemm_reference(a: jax.Array, b: jax.Array, contracting) -> jax.Array:
   """The same product with both operands widened to int32 first (slow, obviously exact)."""
-  _check(a, b)
+  check_int8_operands(a, b)
   return lax.dot_general(a.astype(jnp.int32), b.astype(jnp.int32), (contracting, ((), ())),
                          preferred_element_type=jnp.int32)

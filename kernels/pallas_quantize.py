@@ -1,0 +1,229 @@
+"""Pallas (Triton lowering) fused quantizer: gather -> weight -> block Hadamard -> abs-max ->
+scale -> round -> int8, in one kernel, written in the layout the next GEMM reads.
+
+Every GEMM operand of `int4_linear` is "quantize groups of a 2-D array along one axis":
+
+  forward X    (M, K), groups = rows,    Hadamard along K, qmax 7 (INT4)
+  forward W    (K, N), groups = columns, Hadamard along K, qmax 7
+  dX's dY      (M, N), groups = rows,    no Hadamard,     qmax 119 (the fused bit split R*hi+lo)
+  dW's dY      (M, N), groups = columns, no Hadamard,     qmax 119, rows gathered by leverage-score
+                                          sampling and weighted by 1/p
+
+so one kernel covers all four: `axis` is the reduced axis (1: a scale per row, 0: per column),
+`rows`/`row_weights` gather and weight dim-0 rows first, `transpose_out` writes the int8 result
+transposed. One program owns `block_groups` groups; it walks the reduced axis in `block_red`
+chunks twice (pass 1: abs-max of the transformed values, pass 2: quantize and store), so any
+length fits in registers and the input is read twice, never written back in float.
+
+The Hadamard of a chunk is one dense matmul with BlockDiag(H_b, ..., H_b) of size block_red (zeros
+off the diagonal blocks), in float32 at HIGHEST precision. Rounding matches
+`int4jax.quantizers.int4_quant.quantize`: round-half-even built from floor (Triton has no round),
+or stochastic floor(v + u) with the dither `u` passed in (Pallas-Triton has no PRNG), clipped to
+[qmin, qmax]; a group holding NaN/Inf gets a NaN scale and zero integers.
+"""
+
+import dataclasses
+import functools
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+from jax.experimental import pallas as pl
+from jax.experimental.pallas import triton as plt
+import numpy as np
+
+from int4jax.quantizers import hadamard
+from int4jax.quantizers import int4_quant as quantize
+
+
+@dataclasses.dataclass(frozen=True)
+class QuantizeBlocks:
+  block_groups: int = 64
+  block_red: int = 128
+  num_warps: int = 4
+
+  def __post_init__(self):
+    for name in ("block_groups", "block_red"):
+      v = getattr(self, name)
+      if v < 16 or v & (v - 1):
+        raise ValueError(f"QuantizeBlocks.{name} must be a power of two >= 16, got {v}")
+
+
+def _round_up(n: int, m: int) -> int:
+  return -(-n // m) * m
+
+
+def _round_half_even(v):
+  r = jnp.floor(v + 0.5)
+  tie = (r - v) == 0.5
+  odd = (r - 2.0 * jnp.floor(r * 0.5)) != 0.0
+  return jnp.where(tie & odd, r - 1.0, r)
+
+
+def _kernel(*refs, axis, gather, weighted, stochastic, transform, groups_first, num_chunks,
+            block_red, qmin, qmax):
+  refs = list(refs)
+  s_ref, q_ref = refs.pop(), refs.pop()
+  x_ref = refs.pop(0)
+  idx_ref = refs.pop(0) if gather else None
+  w_ref = refs.pop(0) if weighted else None
+  u_ref = refs.pop(0) if stochastic else None
+  h_ref = refs.pop(0) if transform else None
+  block_groups = s_ref.shape[0]
+  g0 = pl.program_id(0) * block_groups
+
+  def tile(ref, c, dim0_idx=None):
+    """The (block_groups, block_red) tile of chunk c, groups first, optionally gathered."""
+    red = pl.ds(pl.multiple_of(c * block_red, block_red), block_red)
+    grp = pl.ds(g0, block_groups)
+    if axis == 1:  # groups are dim-0 rows
+      return ref[grp if dim0_idx is None else dim0_idx, red]
+    return ref[red if dim0_idx is None else dim0_idx, grp].T  # groups are columns
+
+  def transformed(c):
+    idx = None
+    if gather:
+      red = pl.ds(pl.multiple_of(c * block_red, block_red), block_red)
+      idx = idx_ref[pl.ds(g0, block_groups)] if axis == 1 else idx_ref[red]
+    x = tile(x_ref, c, idx).astype(jnp.float32)
+    if weighted:
+      red = pl.ds(pl.multiple_of(c * block_red, block_red), block_red)
+      w = w_ref[pl.ds(g0, block_groups)][:, None] if axis == 1 else w_ref[red][None, :]
+      x = x * w
+    if transform:
+      x = plt.dot(x, h_ref[...], precision=lax.Precision.HIGHEST)
+    return x
+
+  def absmax(c, carry):
+    amax, bad = carry
+    x = transformed(c)
+    finite = jnp.isfinite(x)
+    amax = jnp.maximum(amax, jnp.max(jnp.where(finite, jnp.abs(x), 0.0), axis=1))
+    bad = bad + jnp.sum(jnp.where(finite, 0.0, 1.0), axis=1)
+    return amax, bad
+
+  zeros = jnp.zeros((block_groups,), jnp.float32)
+  amax, bad = lax.fori_loop(0, num_chunks, absmax, (zeros, zeros))
+  scale = jnp.where(amax > 0, amax / qmax, 1.0)
+  scale = jnp.where(bad == 0, scale, jnp.nan)
+  s_ref[...] = scale
+
+  def store(c, _):
+    v = transformed(c) / scale[:, None]
+    v = jnp.clip(v, float(qmin), float(qmax))
+    if stochastic:
+      v = jnp.clip(jnp.floor(v + tile(u_ref, c)), float(qmin), float(qmax))
+    else:
+      v = _round_half_even(v)
+    q = jnp.where(jnp.isfinite(v), v, 0.0).astype(jnp.int8)
+    red = pl.ds(pl.multiple_of(c * block_red, block_red), block_red)
+    if groups_first:
+      q_ref[:, red] = q
+    else:
+      q_ref[red, :] = q.T
+    return 0
+
+  lax.fori_loop(0, num_chunks, store, 0)
+
+
+def _block_diag_hadamard(block: int, size: int) -> jax.Array:
+  return jnp.asarray(np.kron(np.eye(size // block), hadamard._hadamard_numpy(block)),
+                     jnp.float32)
+
+
+@functools.partial(jax.jit, static_argnames=("axis", "qmin", "qmax", "hadamard_block",
+                                             "transpose_out", "blocks", "interpret"))
+def quantize_pallas(x: jax.Array, *, axis: int, qmin: int, qmax: int, hadamard_block: int = 1,
+                    rows: Optional[jax.Array] = None, row_weights: Optional[jax.Array] = None,
+                    dither: Optional[jax.Array] = None, transpose_out: bool = False,
+                    blocks: QuantizeBlocks = QuantizeBlocks(), interpret: bool = False):
+  """(int8 values, float32 scales) of the groups of x (2-D) along `axis`; see the module doc.
+
+  rows: optional int32 (R,) indices of dim-0 rows to gather first (x[rows]); row_weights:
+    optional (R,) multipliers of those rows. dither: U(0, 1) noise of the gathered shape for
+    stochastic rounding (None rounds to nearest). hadamard_block must divide x's reduced length.
+  Returns q with the gathered shape (transposed if transpose_out) and scales of shape (groups,).
+  """
+  if x.ndim != 2 or axis not in (0, 1):
+    raise ValueError(f"quantize_pallas takes a 2-D array and axis 0 or 1, got {x.shape}, {axis}")
+  if not jnp.issubdtype(x.dtype, jnp.floating):
+    raise TypeError(f"quantize_pallas takes a float array, got {x.dtype}")
+  n_rows = x.shape[0] if rows is None else rows.shape[0]
+  shape = (n_rows, x.shape[1])
+  for name, v, want in (("row_weights", row_weights, (n_rows,)), ("dither", dither, shape)):
+    if v is not None and v.shape != want:
+      raise ValueError(f"{name} must have shape {want}, got {v.shape}")
+  n_groups, n_red = (shape[0], shape[1]) if axis == 1 else (shape[1], shape[0])
+  b = hadamard_block
+  if not hadamard.is_power_of_two(b) or n_red % b:
+    raise ValueError(f"hadamard_block={b} must be a power of two dividing the reduced length "
+                     f"{n_red}; pad first (int4jax.quantizers.pad_to_block)")
+  bg = blocks.block_groups
+  br = max(blocks.block_red, b)
+  gp, rp = _round_up(max(n_groups, 1), bg), _round_up(max(n_red, 1), br)
+
+  # Zero padding: padded groups are all-zero (scale 1, sliced off); padded reduced entries add
+  # nothing to the abs-max or the Hadamard blocks (b divides the true length).
+  def pad(a, shape2d):
+    return jnp.pad(a, [(0, t - s) for s, t in zip(a.shape, shape2d)])
+
+  padded = (gp, rp) if axis == 1 else (rp, gp)
+  operands, in_specs = [], []
+  if rows is None:
+    operands.append(pad(x, padded))
+  else:
+    # The gather reads x's own rows; pad the index vector (with row 0) and x's columns only.
+    rows = rows.astype(jnp.int32)
+    operands.append(pad(x, (x.shape[0], padded[1])))
+    operands.append(jnp.pad(rows, (0, padded[0] - n_rows)))
+  in_specs.append(pl.BlockSpec(operands[0].shape, lambda i: (0, 0)))
+  if rows is not None:
+    in_specs.append(pl.BlockSpec(operands[1].shape, lambda i: (0,)))
+  if row_weights is not None:
+    operands.append(jnp.pad(row_weights.astype(jnp.float32), (0, padded[0] - n_rows)))
+    in_specs.append(pl.BlockSpec((padded[0],), lambda i: (0,)))
+  if dither is not None:
+    operands.append(pad(dither.astype(jnp.float32), padded))
+    in_specs.append(pl.BlockSpec(padded, lambda i: (0, 0)))
+  if b > 1:
+    operands.append(_block_diag_hadamard(b, br))
+    in_specs.append(pl.BlockSpec((br, br), lambda i: (0, 0)))
+
+  groups_first = (axis == 1) != transpose_out
+  kernel = functools.partial(
+      _kernel, axis=axis, gather=rows is not None, weighted=row_weights is not None,
+      stochastic=dither is not None, transform=b > 1, groups_first=groups_first,
+      num_chunks=rp // br, block_red=br, qmin=qmin, qmax=qmax)
+  q, scale = pl.pallas_call(
+      kernel,
+      out_shape=(jax.ShapeDtypeStruct((gp, rp) if groups_first else (rp, gp), jnp.int8),
+                 jax.ShapeDtypeStruct((gp,), jnp.float32)),
+      grid=(gp // bg,),
+      in_specs=in_specs,
+      out_specs=(pl.BlockSpec((bg, rp), lambda i: (i, 0)) if groups_first else
+                 pl.BlockSpec((rp, bg), lambda i: (0, i)),
+                 pl.BlockSpec((bg,), lambda i: (i,))),
+      compiler_params=plt.CompilerParams(num_warps=blocks.num_warps, num_stages=1),
+      interpret=interpret,
+      name="int4jax_quantize",
+  )(*operands)
+  q_rows, q_cols = (n_groups, n_red) if groups_first else (n_red, n_groups)
+  return q[:q_rows, :q_cols], scale[:n_groups]
+
+
+def quantize_reference(x: jax.Array, *, axis: int, qmin: int, qmax: int, hadamard_block: int = 1,
+                       rows=None, row_weights=None, dither=None, transpose_out: bool = False):
+  """Pure-jnp meaning of `quantize_pallas`, built from the library's own quantizer pieces."""
+  if rows is not None:
+    x = x[rows]
+  x = x.astype(jnp.float32)
+  if row_weights is not None:
+    x = x * row_weights.astype(jnp.float32)[:, None]
+  x = hadamard.block_hadamard(x, hadamard_block, axis)
+  scale = quantize.absmax_scale(x, qmax, axis)
+  v = x / scale
+  v = quantize.round_half_even(v) if dither is None else jnp.floor(v + dither)
+  v = jnp.clip(v, qmin, qmax)
+  q = jnp.where(jnp.isfinite(v), v, 0.0).astype(jnp.int8)
+  return (q.T if transpose_out else q), scale.reshape(-1)

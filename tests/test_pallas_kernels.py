@@ -1,0 +1,227 @@
+"""Pallas-Triton kernels against their pure-jnp references (interpret mode on CPU), and their
+lowering for CUDA (on CPU, no GPU needed), which catches a missing Triton lowering rule."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from int4jax.kernels import pallas_gemm, pallas_quantize
+from int4jax.quantizers import int4_quant
+
+SMALL_GEMM = pallas_gemm.GemmBlocks(block_m=32, block_n=32, block_k=16)
+SMALL_QUANT = pallas_quantize.QuantizeBlocks(block_groups=16, block_red=32)
+LAYOUTS = {"NN": ((1,), (0,)), "NT": ((1,), (1,)), "TN": ((0,), (0,)), "TT": ((0,), (1,))}
+
+
+def _int4(rng, shape):
+  return jnp.asarray(rng.integers(-8, 8, shape), jnp.int8)
+
+
+def _operands(rng, m, n, k, contracting):
+  (ca,), (cb,) = contracting
+  a = _int4(rng, (k, m) if ca == 0 else (m, k))
+  b = _int4(rng, (n, k) if cb == 1 else (k, n))
+  return a, b
+
+
+# Multiples of the blocks and not: (M, N, K) = (64, 32, 48) fills whole tiles; the others pad.
+@pytest.mark.parametrize("layout", sorted(LAYOUTS))
+@pytest.mark.parametrize("m,n,k", [(64, 32, 48), (37, 50, 23), (1, 7, 130)])
+def test_int_gemm_is_bit_exact(layout, m, n, k):
+  a, b = _operands(np.random.default_rng(m + n + k), m, n, k, LAYOUTS[layout])
+  got = pallas_gemm.scaled_gemm_pallas(a, b, contracting=LAYOUTS[layout], blocks=SMALL_GEMM,
+                                       interpret=True)
+  want = pallas_gemm.scaled_gemm_reference(a, b, contracting=LAYOUTS[layout])
+  assert got.dtype == jnp.int32
+  np.testing.assert_array_equal(got, want)
+
+
+def test_int_gemm_extreme_values_accumulate_exactly():
+  # -8 * -8 summed over K = 1024 is 65536: no int8/int16 wraparound anywhere.
+  a = jnp.full((32, 1024), -8, jnp.int8)
+  b = jnp.full((1024, 32), -8, jnp.int8)
+  got = pallas_gemm.scaled_gemm_pallas(a, b, blocks=SMALL_GEMM, interpret=True)
+  assert int(got.min()) == int(got.max()) == 65536
+
+
+@pytest.mark.parametrize("layout", ["NN", "TN", "NT"])
+@pytest.mark.parametrize("out_dtype,rtol", [(jnp.float32, 2 ** -21), (jnp.bfloat16, 2 ** -8)])
+def test_fused_epilogue_matches_reference(layout, out_dtype, rtol):
+  """The same float32 epilogue, up to XLA reassociating acc * row * col + bias (a few f32 ulps
+  of the largest output; one bf16 ulp where that flips the final rounding)."""
+  rng = np.random.default_rng(3)
+  m, n, k = 45, 40, 70
+  a, b = _operands(rng, m, n, k, LAYOUTS[layout])
+  row = jnp.asarray(rng.random((m, 1)) + 0.1, jnp.float32)  # (M, 1), as int4_linear's scales
+  col = jnp.asarray(rng.random((1, n)) + 0.1, jnp.float32)
+  bias = jnp.asarray(rng.standard_normal(n), jnp.float32)
+  kw = dict(contracting=LAYOUTS[layout], out_dtype=out_dtype)
+  got = pallas_gemm.scaled_gemm_pallas(a, b, row, col, bias, blocks=SMALL_GEMM, interpret=True,
+                                       **kw)
+  want = pallas_gemm.scaled_gemm_reference(a, b, row, col, bias, **kw)
+  assert got.dtype == out_dtype
+  want32 = np.asarray(want, np.float32)
+  # relative to each value, and to the largest one where + bias cancels
+  np.testing.assert_allclose(np.asarray(got, np.float32), want32, rtol=rtol,
+                             atol=rtol * np.abs(want32).max())
+  # and the reference is what it claims: the int32 product times the rank-1 scales
+  acc = np.asarray(a.astype(jnp.int32)).T if layout == "TN" else np.asarray(a, np.int64)
+  bb = np.asarray(b, np.int64).T if layout == "NT" else np.asarray(b, np.int64)
+  exact = (acc @ bb) * np.asarray(row) * np.asarray(col) + np.asarray(bias)
+  tol = 1e-6 if out_dtype == jnp.float32 else 2 ** -8
+  np.testing.assert_allclose(np.asarray(want, np.float32), exact, rtol=tol, atol=tol)
+
+
+def test_scalar_scales_broadcast():
+  rng = np.random.default_rng(4)
+  a, b = _operands(rng, 20, 30, 40, LAYOUTS["NN"])
+  got = pallas_gemm.scaled_gemm_pallas(a, b, jnp.float32(0.5), jnp.float32(3.0),
+                                       blocks=SMALL_GEMM, interpret=True)
+  want = pallas_gemm.scaled_gemm_reference(a, b) * 1.5
+  np.testing.assert_array_equal(got, want)
+
+
+def test_gemm_bad_input_is_refused():
+  a = jnp.zeros((8, 16), jnp.int8)
+  with pytest.raises(TypeError, match="int8"):
+    pallas_gemm.scaled_gemm_pallas(a.astype(jnp.int32), a.T, interpret=True)
+  with pytest.raises(ValueError, match="contracting dims differ"):
+    pallas_gemm.scaled_gemm_pallas(a, a, interpret=True)
+  with pytest.raises(ValueError, match="row_scale"):
+    pallas_gemm.scaled_gemm_pallas(a, a.T, jnp.ones(5), interpret=True)
+  with pytest.raises(ValueError, match="power of two"):
+    pallas_gemm.GemmBlocks(block_m=48)
+
+
+def _activation(rng, shape, outliers=True):
+  x = rng.standard_normal(shape)
+  if outliers:
+    x[:, : 3] *= 30.0
+  return jnp.asarray(x, jnp.float32)
+
+
+QUANT_CASES = {
+    # forward X: rows along K, Hadamard 32, INT4
+    "fwd_x": dict(shape=(40, 96), axis=1, qmax=7, hadamard_block=32),
+    # forward W: columns along K, Hadamard 32, written transposed (K-major for the GEMM)
+    "fwd_w": dict(shape=(96, 40), axis=0, qmax=7, hadamard_block=32, transpose_out=True),
+    # dX's dY: rows, fused bit split range, stochastic
+    "dx_dy": dict(shape=(50, 70), axis=1, qmax=119, stochastic=True),
+    # dW's dY: columns over leverage-score-sampled, reweighted rows, stochastic
+    "dw_dy": dict(shape=(50, 70), axis=0, qmax=119, stochastic=True, gather=30),
+    # gather + Hadamard + transposed output together, odd lengths
+    "mixed": dict(shape=(37, 64), axis=1, qmax=7, hadamard_block=16, gather=21,
+                  transpose_out=True),
+}
+
+
+def _quant_args(case, rng):
+  c = dict(QUANT_CASES[case])
+  shape = c.pop("shape")
+  x = _activation(rng, shape)
+  n_rows = shape[0]
+  kw = dict(axis=c["axis"], qmin=-c["qmax"], qmax=c["qmax"],
+            hadamard_block=c.get("hadamard_block", 1), transpose_out=c.get("transpose_out", False))
+  if "gather" in c:
+    n_rows = c["gather"]
+    kw["rows"] = jnp.asarray(rng.integers(0, shape[0], n_rows), jnp.int32)
+    kw["row_weights"] = jnp.asarray(rng.random(n_rows) + 0.5, jnp.float32)
+  if c.get("stochastic"):
+    kw["dither"] = int4_quant.uniform_dither(jax.random.key(7), (n_rows, shape[1]))
+  return x, kw
+
+
+@pytest.mark.parametrize("case", sorted(QUANT_CASES))
+def test_fused_quantizer_matches_reference(case):
+  """Integers identical; scales within 4 float32 ulps (the Hadamard sums in another order)."""
+  x, kw = _quant_args(case, np.random.default_rng(11))
+  q, s = pallas_quantize.quantize_pallas(x, blocks=SMALL_QUANT, interpret=True, **kw)
+  q_ref, s_ref = pallas_quantize.quantize_reference(x, **kw)
+  assert q.dtype == jnp.int8 and q.shape == q_ref.shape and s.shape == s_ref.shape
+  np.testing.assert_array_equal(q, q_ref)
+  np.testing.assert_allclose(s, s_ref, rtol=4 * 2 ** -23)
+  assert int(jnp.max(jnp.abs(q))) <= kw["qmax"]
+
+
+def test_quantizer_reference_agrees_with_the_library_quantizers():
+  """The kernel's reference is the op's own math: block Hadamard + abs-max per row + RTN."""
+  from int4jax.quantizers import hadamard
+  x = _activation(np.random.default_rng(12), (24, 64))
+  q_ref, s_ref = pallas_quantize.quantize_reference(x, axis=1, qmin=-7, qmax=7, hadamard_block=32)
+  q_lib, s_lib = int4_quant.quantize_absmax(hadamard.block_hadamard(x, 32, 1), -7, 7, 1)
+  np.testing.assert_array_equal(q_ref, q_lib)
+  np.testing.assert_array_equal(s_ref, s_lib.reshape(-1))
+
+
+def test_quantizer_round_half_even_ties():
+  # values landing exactly on .5 steps: scale = 7 / 7 = 1, so v = x
+  x = jnp.asarray([[0.5, 1.5, 2.5, -0.5, -1.5, -2.5, 7.0, 3.5] + [0.0] * 8] * 16, jnp.float32)
+  q, s = pallas_quantize.quantize_pallas(x, axis=1, qmin=-7, qmax=7, blocks=SMALL_QUANT,
+                                         interpret=True)
+  np.testing.assert_array_equal(q[0, :8], [0, 2, 2, 0, -2, -2, 7, 4])
+  np.testing.assert_array_equal(s, 1.0)
+
+
+def test_quantizer_nonfinite_and_zero_groups():
+  x = np.random.default_rng(13).standard_normal((16, 32)).astype(np.float32)
+  x[1, 5] = np.nan
+  x[2, 0] = np.inf
+  x[3] = 0.0
+  q, s = pallas_quantize.quantize_pallas(jnp.asarray(x), axis=1, qmin=-7, qmax=7,
+                                         blocks=SMALL_QUANT, interpret=True)
+  assert np.isnan(s[1]) and np.isnan(s[2]) and s[3] == 1.0 and np.isfinite(s[4:]).all()
+  assert not q[1].any() and not q[2].any() and not q[3].any()
+  q_ref, s_ref = pallas_quantize.quantize_reference(jnp.asarray(x), axis=1, qmin=-7, qmax=7)
+  np.testing.assert_array_equal(q, q_ref)
+  np.testing.assert_array_equal(s, s_ref)
+
+
+def test_stochastic_rounding_in_the_kernel_is_unbiased():
+  x = jnp.full((16, 64), 0.3, jnp.float32).at[:, 0].set(7.0)  # scale 1: v = 0.3
+  draws = []
+  for seed in range(64):
+    u = int4_quant.uniform_dither(jax.random.key(seed), x.shape)
+    q, _ = pallas_quantize.quantize_pallas(x, axis=1, qmin=-7, qmax=7, dither=u,
+                                           blocks=SMALL_QUANT, interpret=True)
+    draws.append(np.asarray(q[:, 1:], np.float64))
+  mean = np.mean(draws)
+  # 64 * 16 * 63 Bernoulli(0.3) draws: std of the mean ~ 0.0018
+  assert abs(mean - 0.3) < 0.01, mean
+
+
+def test_quantizer_bad_input_is_refused():
+  x = jnp.ones((16, 48), jnp.float32)
+  with pytest.raises(ValueError, match="hadamard_block=32"):
+    pallas_quantize.quantize_pallas(x, axis=1, qmin=-7, qmax=7, hadamard_block=32, interpret=True)
+  with pytest.raises(TypeError, match="float"):
+    pallas_quantize.quantize_pallas(x.astype(jnp.int8), axis=1, qmin=-7, qmax=7, interpret=True)
+  with pytest.raises(ValueError, match="dither"):
+    pallas_quantize.quantize_pallas(x, axis=1, qmin=-7, qmax=7, dither=jnp.ones((2, 2)),
+                                    interpret=True)
+
+
+def _lowered_for_cuda(fn, *avals):
+  return jax.jit(fn).trace(*avals).lower(lowering_platforms=("cuda",)).as_text()
+
+
+@pytest.mark.parametrize("layout", sorted(LAYOUTS))
+def test_gemm_lowers_for_cuda_without_a_gpu(layout):
+  (ca,), (cb,) = LAYOUTS[layout]
+  s = jax.ShapeDtypeStruct
+  a = s((512, 256) if ca == 0 else (256, 512), jnp.int8)
+  b = s((384, 512) if cb == 1 else (512, 384), jnp.int8)
+  text = _lowered_for_cuda(
+      lambda a, b, r, c: pallas_gemm.scaled_gemm_pallas(a, b, r, c, contracting=LAYOUTS[layout],
+                                                        out_dtype=jnp.bfloat16),
+      a, b, s((256, 1), jnp.float32), s((1, 384), jnp.float32))
+  assert "__gpu$xla.gpu.triton" in text
+
+
+@pytest.mark.parametrize("case", sorted(QUANT_CASES))
+def test_quantizer_lowers_for_cuda_without_a_gpu(case):
+  x, kw = _quant_args(case, np.random.default_rng(14))
+  arrays = {k: kw.pop(k) for k in ("rows", "row_weights", "dither") if k in kw}
+  text = _lowered_for_cuda(lambda x, arrays: pallas_quantize.quantize_pallas(x, **arrays, **kw),
+                           x.astype(jnp.bfloat16), arrays)
+  assert "__gpu$xla.gpu.triton" in text
