@@ -1,39 +1,192 @@
-"""The one place that decides which integer-GEMM kernel runs."""
+"""The one place that decides which integer-GEMM kernel runs.
 
+Backends (`Int4Config.backend`):
+  "xla"        lax.dot_general(int8, int8) -> int32 (cuBLAS int8 on GPU, exact on CPU), then the
+               dequantization multiply as a separate XLA op.
+  "reference"  the same product widened to int32 (slow, obviously exact).
+  "pallas"     kernels/pallas_gemm.py, Pallas with the Triton lowering, epilogue fused. On a GPU it
+               compiles; on CPU it runs in Pallas's interpreter (for tests: slow), logged once.
+  "triton"     kernels/triton_gemm.py through jax-triton (GPU only; `int4jax[triton]`).
+  "auto"       CPU: "xla" (the Pallas kernels only interpret there). GPU: small GEMMs (below
+               AUTO_MIN_FLOPS) go to "xla"; larger ones are timed once per shape bucket among
+               the available backends and the fastest is kept (kernels/autotune.py; set
+               INT4JAX_AUTOTUNE_CACHE=path.json to keep choices across processes).
+
+Every resolution is visible: `describe_backend(name)` returns what runs and why, and the first
+use of each (request, platform, choice) is logged on the "int4jax" logger. A backend that cannot
+run here raises an error naming the reason; only "auto" moves on, and it logs that it did.
+"""
+
+import dataclasses
 import logging
-from typing import Callable, Dict
+import os
+from typing import Callable, Optional
 
 import jax
+import jax.numpy as jnp
+import numpy as np
 
-from int4jax.kernels import int_gemm
+from int4jax.kernels import autotune, int_gemm as xla_gemm, pallas_gemm, triton_gemm
 
 logger = logging.getLogger("int4jax")
 
-GEMMS: Dict[str, Callable] = {
-    "xla": int_gemm.int_gemm_xla,
-    "reference": int_gemm.int_gemm_reference,
-}
+BACKENDS = ("xla", "reference", "pallas", "triton")
+AUTO_MIN_FLOPS = 2 * 1024**3  # below this (2*M*N*K), "auto" uses XLA without tuning
 _reported = set()
+_tuner: Optional[autotune.Autotuner] = None
+
+
+@dataclasses.dataclass(frozen=True)
+class BackendChoice:
+  """What a requested backend runs as on this platform."""
+  requested: str
+  name: str  # the concrete backend, or "auto-tuned" for GPU "auto" (chosen per GEMM shape)
+  platform: str
+  interpret: bool  # Pallas interpreter (CPU)
+  reason: str
+
+
+def _platform() -> str:
+  return jax.default_backend()
+
+
+def describe_backend(requested: str = "auto", platform: Optional[str] = None) -> BackendChoice:
+  """The backend `requested` resolves to on `platform` (default: jax's default backend).
+
+  Raises ValueError for an unknown name and RuntimeError for one that cannot run here.
+  """
+  platform = platform or _platform()
+  if requested not in BACKENDS and requested != "auto":
+    raise ValueError(f"unknown int4jax backend {requested!r}; available: "
+                     f"{list(BACKENDS)} or 'auto'")
+  gpu = platform in ("gpu", "cuda")
+  if requested == "auto":
+    if not gpu:
+      return BackendChoice("auto", "xla", platform, False,
+                           f"on {platform} the Pallas kernels only interpret; XLA's int8 dot is "
+                           "exact and fast")
+    return BackendChoice("auto", "auto-tuned", platform, False,
+                         f"GEMMs under {AUTO_MIN_FLOPS:.2g} FLOPs -> xla; larger: fastest of "
+                         f"{available_gpu_backends()} per shape bucket")
+  if requested == "pallas":
+    if gpu:
+      return BackendChoice("pallas", "pallas", platform, False, "Pallas Triton lowering")
+    if platform == "cpu":
+      return BackendChoice("pallas", "pallas", platform, True,
+                           "Pallas interpreter on CPU (tests; slow)")
+    raise RuntimeError(f"int4jax backend 'pallas' runs on CUDA GPUs (or interpreted on CPU), "
+                       f"not on {platform}")
+  if requested == "triton":
+    if not triton_gemm.AVAILABLE:
+      raise RuntimeError("int4jax backend 'triton' needs jax-triton and a CUDA jaxlib "
+                         f"(pip install 'int4jax[triton]'); {triton_gemm.IMPORT_ERROR}")
+    if not gpu:
+      raise RuntimeError(f"int4jax backend 'triton' needs a CUDA GPU; the platform is {platform}")
+    return BackendChoice("triton", "triton", platform, False, "jax-triton")
+  return BackendChoice(requested, requested, platform, False, "requested")
+
+
+def available_gpu_backends():
+  return ("xla", "pallas") + (("triton",) if triton_gemm.AVAILABLE else ())
+
+
+def _report(choice: BackendChoice, detail: str = "") -> None:
+  key = (choice.requested, choice.platform, choice.name, detail)
+  if key not in _reported:
+    _reported.add(key)
+    logger.info("int4jax backend %r -> %r on %s%s (%s)", choice.requested, choice.name,
+                choice.platform, f" {detail}" if detail else "", choice.reason)
 
 
 def resolve_backend(name: str) -> str:
-  """The concrete backend that `name` runs on this process's default device.
+  """The concrete backend name `name` runs as here ("auto-tuned" for GPU "auto")."""
+  choice = describe_backend(name)
+  _report(choice)
+  return choice.name
 
-  "auto" picks "xla" on every platform today: it is exact everywhere and reaches cuBLAS's int8
-  GEMM on GPU. The choice is logged once per (platform, choice).
-  """
-  if name != "auto":
-    if name not in GEMMS:
-      raise ValueError(f"unknown int4jax backend {name!r}; available: {sorted(GEMMS)} or 'auto'")
-    return name
-  platform = jax.default_backend()
-  choice = "xla"
-  if (platform, choice) not in _reported:
-    _reported.add((platform, choice))
-    logger.info("int4jax backend 'auto' -> %r on %s", choice, platform)
-  return choice
+
+def _scaled_xla(gemm):
+  def scaled(a, b, contracting, row_scale=None, col_scale=None):
+    out = gemm(a, b, contracting).astype(jnp.float32)
+    if row_scale is not None:
+      out = out * row_scale
+    if col_scale is not None:
+      out = out * col_scale
+    return out
+  return scaled
+
+
+def _scaled_pallas(interpret: bool):
+  def scaled(a, b, contracting, row_scale=None, col_scale=None):
+    if row_scale is None and col_scale is None:  # keep the contract: a float result
+      row_scale = jnp.float32(1.0)
+    return pallas_gemm.scaled_gemm_pallas(a, b, row_scale, col_scale,
+                                          contracting=_static(contracting), interpret=interpret)
+  return scaled
+
+
+def _scaled_triton(a, b, contracting, row_scale=None, col_scale=None):
+  if row_scale is None and col_scale is None:
+    row_scale = jnp.float32(1.0)
+  return triton_gemm.scaled_gemm_triton(a, b, row_scale, col_scale,
+                                        contracting=_static(contracting))
+
+
+def _static(contracting):
+  (ca,), (cb,) = contracting
+  return ((int(ca),), (int(cb),))
+
+
+def _tuner_instance() -> autotune.Autotuner:
+  global _tuner
+  if _tuner is None:
+    _tuner = autotune.Autotuner(os.environ.get("INT4JAX_AUTOTUNE_CACHE"))
+  return _tuner
+
+
+def _gpu_auto(a, b, contracting, row_scale=None, col_scale=None):
+  """Per-shape choice on GPU: XLA for small GEMMs, else the autotuned fastest backend."""
+  m, n, k = xla_gemm.gemm_shape(a, b, contracting)
+  plain = BackendChoice("auto", "xla", _platform(), False, "small GEMM")
+  if 2 * m * n * k < AUTO_MIN_FLOPS:
+    _report(plain, f"(M,N,K)~{autotune.bucket(m, n, k)}")
+    return _scaled_xla(xla_gemm.int_gemm_xla)(a, b, contracting, row_scale, col_scale)
+  (ca,), (cb,) = contracting
+  key = f"{jax.devices()[0].device_kind}|scaled_gemm|{ca}{cb}|{autotune.bucket(m, n, k)}"
+  rng = np.random.default_rng(0)  # concrete operands of the traced shapes, never zeros
+  ta = jnp.asarray(rng.integers(-8, 8, a.shape), jnp.int8)
+  tb = jnp.asarray(rng.integers(-8, 8, b.shape), jnp.int8)
+  candidates = {name: (lambda f=scaled_gemm(name): f(ta, tb, contracting, None, None))
+                for name in available_gpu_backends()}
+  best = _tuner_instance().pick(key, candidates)
+  _report(BackendChoice("auto", best, _platform(), False, "autotuned"), key)
+  return scaled_gemm(best)(a, b, contracting, row_scale, col_scale)
+
+
+def scaled_gemm(name: str) -> Callable:
+  """f(a, b, contracting, row_scale=None, col_scale=None) -> float32 for backend `name`:
+  the int32 product of int8 INT4 values times the rank-1 scales (a scalar, (M, 1) or (1, N))."""
+  choice = describe_backend(name)
+  _report(choice)
+  if choice.name == "auto-tuned":
+    return _gpu_auto
+  if choice.name == "pallas":
+    return _scaled_pallas(choice.interpret)
+  if choice.name == "triton":
+    return _scaled_triton
+  gemm = xla_gemm.int_gemm_xla if choice.name == "xla" else xla_gemm.int_gemm_reference
+  return _scaled_xla(gemm)
 
 
 def int_gemm(name: str) -> Callable:
-  """The GEMM function (a, b, contracting) -> int32 for backend `name`."""
-  return GEMMS[resolve_backend(name)]
+  """f(a, b, contracting) -> int32 for backend `name` (the unfused bit split needs the raw sums)."""
+  choice = describe_backend(name)
+  _report(choice)
+  if choice.name == "pallas":
+    return lambda a, b, c: pallas_gemm.scaled_gemm_pallas(a, b, contracting=_static(c),
+                                                          interpret=choice.interpret)
+  if choice.name == "triton":
+    return lambda a, b, c: triton_gemm.scaled_gemm_triton(a, b, contracting=_static(c))
+  if choice.name == "reference":
+    return xla_gemm.int_gemm_reference
+  return xla_gemm.int_gemm_xla  # "xla", and GPU "auto" (the raw sums are XLA's job)

@@ -8,14 +8,14 @@ from int4jax.quantizers import hadamard, int4_quant as quantize
 ScaleMode = Literal["row", "tensor", "lsq"]
 GradMode = Literal["bitsplit", "int4", "float"]
 LssMode = Literal["off", "nonzero", "bernoulli", "systematic"]
-Backend = Literal["auto", "xla", "reference"]
+Backend = Literal["auto", "xla", "reference", "pallas", "triton"]
 
 _CHOICES = {
     "scale_mode": ("row", "tensor", "lsq"),
     "int_range": ("symmetric", "full"),
     "grad_mode": ("bitsplit", "int4", "float"),
     "lss": ("off", "nonzero", "bernoulli", "systematic"),
-    "backend": ("auto", "xla", "reference"),
+    "backend": ("auto", "xla", "reference", "pallas", "triton"),
 }
 
 
@@ -59,8 +59,9 @@ class Int4Config:
   # GEMMs on int8 hardware; False runs the two INT4 GEMMs, as INT4 tensor cores would).
   fuse_bitsplit: bool = True
   # Integer GEMM implementation: "xla" (lax.dot_general int8 x int8 -> int32: cuBLAS on GPU,
-  # exact on CPU); "reference" (plain int32 jnp matmul); "auto" picks the fastest available and
-  # reports it (int4jax.backend.resolve_backend).
+  # exact on CPU); "reference" (plain int32 jnp matmul); "pallas" (Pallas-Triton kernel with the
+  # dequantization fused; interpreted on CPU); "triton" (jax-triton kernel, GPU only); "auto"
+  # picks per platform and GEMM shape and reports it (int4jax.backend.describe_backend).
   backend: Backend = "auto"
 
   def __post_init__(self):

@@ -98,18 +98,18 @@ def _grad_int_max(config: Int4Config) -> int:
 
 
 def _quantized_product(g, reduce_axes, gemm_with, config: Int4Config, key):
-  """gemm_with(Q(g)) in float: the int32 GEMM result times Q's scale (one per kept slice)."""
+  """gemm_with(Q(g), scale) in float: the GEMM of Q's integers with Q's scale (one per kept slice)
+  applied in its epilogue. gemm_with(q, None) is the raw int32 product."""
   qmin, qmax = config.qrange
   key = key if config.stochastic_rounding else None
   if config.grad_mode == "bitsplit":
     split = bitsplit.bit_split(g, config.qrange, reduce_axes, key)
     if config.fuse_bitsplit:
-      acc = gemm_with(split.combined())
-    else:
-      acc = split.radix * gemm_with(split.hi) + gemm_with(split.lo)
+      return gemm_with(split.combined(), split.scale_lo)
+    acc = split.radix * gemm_with(split.hi, None) + gemm_with(split.lo, None)
     return acc.astype(jnp.float32) * split.scale_lo
   gq, scale = quantize.quantize_absmax(g, qmin, qmax, reduce_axes, key)
-  return gemm_with(gq).astype(jnp.float32) * scale
+  return gemm_with(gq, scale)
 
 
 def sample_rows(g, xq, config: Int4Config, key):
@@ -142,8 +142,7 @@ def _forward(config, xh, wh, scales, key):
   qmin, qmax = config.qrange
   _check_length(xh.shape[1], max(-qmin, qmax), max(-qmin, qmax), "forward")
   xq, sx, wq, sw = forward_quantize(xh, wh, config, scales)
-  acc = backend.int_gemm(config.backend)(xq, wq, ((1,), (0,)))
-  y = acc.astype(jnp.float32) * sx * sw
+  y = backend.scaled_gemm(config.backend)(xq, wq, ((1,), (0,)), sx, sw)
   lsq = (xh, wh, scales) if config.scale_mode == "lsq" else None
   return y, (xq, sx, wq, sw, key, lsq)
 
@@ -153,7 +152,7 @@ def _backward(config, residuals, dy):
   if key is None and config.needs_key:
     raise ValueError(validation.missing_key_message(config))
   key_dx, key_dw, key_lss = backward_keys(key)
-  gemm = backend.int_gemm(config.backend)
+  sgemm, igemm = backend.scaled_gemm(config.backend), backend.int_gemm(config.backend)
   dy = dy.astype(jnp.float32)
   g_dx = dy * sw
   g_dw = dy * sx
@@ -167,8 +166,13 @@ def _backward(config, residuals, dy):
     g_max, x_max = _grad_int_max(config), max(-qmin, qmax)
     _check_length(g_dx.shape[1], g_max, x_max, "dX")
     _check_length(g_dw.shape[0], g_max, x_max, "dW")
-    dxh = _quantized_product(g_dx, 1, lambda a: gemm(a, wq, ((1,), (1,))), config, key_dx)
-    dwh = _quantized_product(g_dw, 0, lambda a: gemm(x_rows, a, ((0,), (0,))), config, key_dw)
+    # dX = Q(g_dx) Wq^T: Q's scales are per row of dX; dW = Xq^T Q(g_dw): per column of dW.
+    dxh = _quantized_product(
+        g_dx, 1, lambda a, s: (igemm(a, wq, ((1,), (1,))) if s is None else
+                               sgemm(a, wq, ((1,), (1,)), s, None)), config, key_dx)
+    dwh = _quantized_product(
+        g_dw, 0, lambda a, s: (igemm(x_rows, a, ((0,), (0,))) if s is None else
+                               sgemm(x_rows, a, ((0,), (0,)), None, s)), config, key_dw)
   dwh = jnp.where(col_finite, dwh, jnp.nan)
   if lsq is None:
     return dxh, dwh, None, None

@@ -1,0 +1,88 @@
+"""jax-triton integer GEMM with a fused dequantization epilogue (the "triton" backend).
+
+Same contract as `pallas_gemm.scaled_gemm_pallas` (and the same reference,
+`pallas_gemm.scaled_gemm_reference`): C = (A_int @ B_int) * row[:, None] * col[None, :] (+ bias),
+int32 accumulation with `tl.dot(..., out_dtype=tl.int32)` on int8 tiles (s8 tensor cores), any
+M, N, K (masked loads; no padding copies), operand layouts given by strides.
+
+jax-triton needs a CUDA jaxlib and the `triton` package (`pip install "int4jax[triton]"`); its
+import raises on a CPU-only jaxlib. This module always imports: `AVAILABLE` says whether the
+kernel can run and `IMPORT_ERROR` why not, and `scaled_gemm_triton` raises that reason.
+"""
+
+import functools
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+
+from int4jax.kernels.int_gemm import check_int8_operands, gemm_shape
+from int4jax.kernels.pallas_gemm import GemmBlocks, _as_vector
+
+try:  # guarded: both fail without a CUDA jaxlib / the triton package
+  import jax_triton
+  import triton
+  import triton.language as tl
+  AVAILABLE, IMPORT_ERROR = True, None
+except Exception as e:  # ImportError, or jax-triton's own RuntimeError on a CPU-only jaxlib
+  AVAILABLE, IMPORT_ERROR = False, f"{type(e).__name__}: {e}"
+
+if AVAILABLE:
+
+  @triton.jit
+  def _scaled_gemm_kernel(a_ptr, b_ptr, row_ptr, col_ptr, bias_ptr, c_ptr, M: tl.constexpr,
+                          N: tl.constexpr, K: tl.constexpr, stride_am: tl.constexpr,
+                          stride_ak: tl.constexpr, stride_bk: tl.constexpr,
+                          stride_bn: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                          BLOCK_K: tl.constexpr, EPILOGUE: tl.constexpr, HAS_BIAS: tl.constexpr):
+    rm = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    rn = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    rk = tl.arange(0, BLOCK_K)
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
+    for k0 in range(0, K, BLOCK_K):
+      kk = k0 + rk
+      a = tl.load(a_ptr + rm[:, None] * stride_am + kk[None, :] * stride_ak,
+                  mask=(rm[:, None] < M) & (kk[None, :] < K), other=0)
+      b = tl.load(b_ptr + kk[:, None] * stride_bk + rn[None, :] * stride_bn,
+                  mask=(kk[:, None] < K) & (rn[None, :] < N), other=0)
+      acc += tl.dot(a, b, out_dtype=tl.int32)
+    mask = (rm[:, None] < M) & (rn[None, :] < N)
+    c_ptrs = c_ptr + rm[:, None] * N + rn[None, :]
+    if EPILOGUE:
+      row = tl.load(row_ptr + rm, mask=rm < M, other=0.0)
+      col = tl.load(col_ptr + rn, mask=rn < N, other=0.0)
+      out = acc.to(tl.float32) * row[:, None] * col[None, :]
+      if HAS_BIAS:
+        out += tl.load(bias_ptr + rn, mask=rn < N, other=0.0)[None, :]
+      tl.store(c_ptrs, out.to(c_ptr.dtype.element_ty), mask=mask)
+    else:
+      tl.store(c_ptrs, acc, mask=mask)
+
+
+@functools.partial(jax.jit, static_argnames=("contracting", "blocks", "out_dtype"))
+def scaled_gemm_triton(a: jax.Array, b: jax.Array, row_scale=None, col_scale=None,
+                       bias: Optional[jax.Array] = None, *, contracting=((1,), (0,)),
+                       blocks: GemmBlocks = GemmBlocks(), out_dtype=None) -> jax.Array:
+  """See `pallas_gemm.scaled_gemm_pallas`; raises RuntimeError where jax-triton cannot run."""
+  if not AVAILABLE:
+    raise RuntimeError("int4jax backend 'triton' needs jax-triton and a CUDA jaxlib "
+                       f"(pip install 'int4jax[triton]'); import failed: {IMPORT_ERROR}")
+  check_int8_operands(a, b)
+  (ca,), (cb,) = contracting
+  m, n, k = gemm_shape(a, b, contracting)
+  epilogue = row_scale is not None or col_scale is not None or bias is not None
+  out_dtype = jnp.dtype(out_dtype or (jnp.float32 if epilogue else jnp.int32))
+  # Row-major operands: (M, K) has strides (K, 1); its transpose (K, M) has (1, M).
+  stride_am, stride_ak = (1, m) if ca == 0 else (k, 1)
+  stride_bk, stride_bn = (1, k) if cb == 1 else (n, 1)
+  row = _as_vector(row_scale, m, "row_scale")
+  col = _as_vector(col_scale, n, "col_scale")
+  bias_v = jnp.zeros((n,), jnp.float32) if bias is None else jnp.asarray(bias, jnp.float32)
+  bm, bn, bk = blocks.block_m, blocks.block_n, blocks.block_k
+  return jax_triton.triton_call(
+      a, b, row, col, bias_v, kernel=_scaled_gemm_kernel,
+      out_shape=jax.ShapeDtypeStruct((m, n), out_dtype),
+      grid=(-(-m // bm), -(-n // bn)), num_warps=blocks.num_warps, num_stages=blocks.num_stages,
+      M=m, N=n, K=k, stride_am=stride_am, stride_ak=stride_ak, stride_bk=stride_bk,
+      stride_bn=stride_bn, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, EPILOGUE=epilogue,
+      HAS_BIAS=bias is not None)
