@@ -7,9 +7,13 @@ Backends (`Int4Config.backend`):
   "pallas"     kernels/pallas_gemm.py, Pallas with the Triton lowering, epilogue fused. On a GPU it
                compiles; on CPU it runs in Pallas's interpreter (for tests: slow), logged once.
   "triton"     kernels/triton_gemm.py through jax-triton (GPU only; `int4jax[triton]`).
+  "mosaic"     kernels/mosaic_gemm.py, Pallas Mosaic GPU (Hopper s8 wgmma), epilogue fused;
+               operands not already K-major are transposed by XLA first. The raw int32 sums that
+               only the unfused bit split needs come from XLA's int8 dot (said in its reason).
   "auto"       CPU: "xla" (the Pallas kernels only interpret there). GPU: small GEMMs (below
-               AUTO_MIN_FLOPS) go to "xla"; larger ones are timed once per shape bucket among
-               the available backends and the fastest is kept (kernels/autotune.py; set
+               AUTO_MIN_FLOPS) go to "xla"; larger ones are checked against XLA on random INT4
+               operands and timed once per shape bucket among the available backends, and the
+               fastest correct one is kept (kernels/autotune.py; set
                INT4JAX_AUTOTUNE_CACHE=path.json to keep choices across processes).
 
 Every resolution is visible: `describe_backend(name)` returns what runs and why, and the first
@@ -26,11 +30,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from int4jax.kernels import autotune, int_gemm as xla_gemm, pallas_gemm, triton_gemm
+from int4jax.kernels import autotune, int_gemm as xla_gemm, mosaic_gemm, pallas_gemm, triton_gemm
 
 logger = logging.getLogger("int4jax")
 
-BACKENDS = ("xla", "reference", "pallas", "triton")
+BACKENDS = ("xla", "reference", "pallas", "triton", "mosaic")
 AUTO_MIN_FLOPS = 2 * 1024**3  # below this (2*M*N*K), "auto" uses XLA without tuning
 _reported = set()
 _tuner: Optional[autotune.Autotuner] = None
@@ -66,8 +70,9 @@ def describe_backend(requested: str = "auto", platform: Optional[str] = None) ->
                            f"on {platform} the Pallas kernels only interpret; XLA's int8 dot is "
                            "exact and fast")
     return BackendChoice("auto", "auto-tuned", platform, False,
-                         f"GEMMs under {AUTO_MIN_FLOPS:.2g} FLOPs -> xla; larger: fastest of "
-                         f"{available_gpu_backends()} per shape bucket")
+                         f"GEMMs under {AUTO_MIN_FLOPS:.2g} FLOPs -> xla; larger: fastest correct "
+                         f"of {available_gpu_backends()} per shape bucket; raw int32 sums "
+                         "(fuse_bitsplit=False) via XLA")
   if requested == "pallas":
     if gpu:
       return BackendChoice("pallas", "pallas", platform, False, "Pallas Triton lowering")
@@ -83,11 +88,25 @@ def describe_backend(requested: str = "auto", platform: Optional[str] = None) ->
     if not gpu:
       raise RuntimeError(f"int4jax backend 'triton' needs a CUDA GPU; the platform is {platform}")
     return BackendChoice("triton", "triton", platform, False, "jax-triton")
+  if requested == "mosaic":
+    if not gpu:
+      raise RuntimeError(f"int4jax backend 'mosaic' needs a Hopper GPU (sm_90a); Mosaic GPU "
+                         f"kernels do not run on {platform}, not even interpreted")
+    return BackendChoice("mosaic", "mosaic", platform, False,
+                         "Pallas Mosaic GPU; raw int32 sums (fuse_bitsplit=False) via XLA")
   return BackendChoice(requested, requested, platform, False, "requested")
 
 
+def _is_hopper() -> bool:
+  try:
+    return str(getattr(jax.devices()[0], "compute_capability", "")).startswith("9.")
+  except RuntimeError:
+    return False
+
+
 def available_gpu_backends():
-  return ("xla", "pallas") + (("triton",) if triton_gemm.AVAILABLE else ())
+  return (("xla", "pallas") + (("triton",) if triton_gemm.AVAILABLE else ())
+          + (("mosaic",) if _is_hopper() else ()))
 
 
 def _report(choice: BackendChoice, detail: str = "") -> None:
@@ -132,6 +151,13 @@ def _scaled_triton(a, b, contracting, row_scale=None, col_scale=None):
                                         contracting=_static(contracting))
 
 
+def _scaled_mosaic(a, b, contracting, row_scale=None, col_scale=None):
+  (ca,), (cb,) = _static(contracting)
+  a_mk = a if ca == 1 else a.T  # wgmma wants both operands K-major
+  b_nk = b if cb == 1 else b.T
+  return mosaic_gemm.scaled_gemm_mosaic(a_mk, b_nk, row_scale, col_scale)
+
+
 def _static(contracting):
   (ca,), (cb,) = contracting
   return ((int(ca),), (int(cb),))
@@ -156,8 +182,21 @@ def _gpu_auto(a, b, contracting, row_scale=None, col_scale=None):
   rng = np.random.default_rng(0)  # concrete operands of the traced shapes, never zeros
   ta = jnp.asarray(rng.integers(-8, 8, a.shape), jnp.int8)
   tb = jnp.asarray(rng.integers(-8, 8, b.shape), jnp.int8)
-  candidates = {name: (lambda f=scaled_gemm(name): f(ta, tb, contracting, None, None))
-                for name in available_gpu_backends()}
+  want = xla_gemm.int_gemm_xla(ta, tb, contracting).astype(jnp.float32)
+
+  def checked(name):
+    """A thunk for the tuner that first checks this backend's result against XLA's."""
+    fn, verified = scaled_gemm(name), []
+
+    def thunk():
+      out = fn(ta, tb, contracting, None, None)
+      if not verified:
+        if not bool(jnp.array_equal(out, want)):
+          raise RuntimeError(f"backend {name!r} disagrees with XLA at {a.shape}x{b.shape}")
+        verified.append(True)
+      return out
+    return thunk
+  candidates = {name: checked(name) for name in available_gpu_backends()}
   best = _tuner_instance().pick(key, candidates)
   _report(BackendChoice("auto", best, _platform(), False, "autotuned"), key)
   return scaled_gemm(best)(a, b, contracting, row_scale, col_scale)
@@ -174,6 +213,8 @@ def scaled_gemm(name: str) -> Callable:
     return _scaled_pallas(choice.interpret)
   if choice.name == "triton":
     return _scaled_triton
+  if choice.name == "mosaic":
+    return _scaled_mosaic
   gemm = xla_gemm.int_gemm_xla if choice.name == "xla" else xla_gemm.int_gemm_reference
   return _scaled_xla(gemm)
 
@@ -189,4 +230,4 @@ def int_gemm(name: str) -> Callable:
     return lambda a, b, c: triton_gemm.scaled_gemm_triton(a, b, contracting=_static(c))
   if choice.name == "reference":
     return xla_gemm.int_gemm_reference
-  return xla_gemm.int_gemm_xla  # "xla", and GPU "auto" (the raw sums are XLA's job)
+  return xla_gemm.int_gemm_xla  # "xla"; GPU "auto" and "mosaic" (said in their reasons)

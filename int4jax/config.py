@@ -8,14 +8,14 @@ from int4jax.quantizers import hadamard, int4_quant as quantize
 ScaleMode = Literal["row", "tensor", "lsq"]
 GradMode = Literal["bitsplit", "int4", "float"]
 LssMode = Literal["off", "nonzero", "bernoulli", "systematic"]
-Backend = Literal["auto", "xla", "reference", "pallas", "triton"]
+Backend = Literal["auto", "xla", "reference", "pallas", "triton", "mosaic"]
 
 _CHOICES = {
     "scale_mode": ("row", "tensor", "lsq"),
     "int_range": ("symmetric", "full"),
     "grad_mode": ("bitsplit", "int4", "float"),
     "lss": ("off", "nonzero", "bernoulli", "systematic"),
-    "backend": ("auto", "xla", "reference", "pallas", "triton"),
+    "backend": ("auto", "xla", "reference", "pallas", "triton", "mosaic"),
 }
 
 
@@ -60,7 +60,8 @@ class Int4Config:
   fuse_bitsplit: bool = True
   # Integer GEMM implementation: "xla" (lax.dot_general int8 x int8 -> int32: cuBLAS on GPU,
   # exact on CPU); "reference" (plain int32 jnp matmul); "pallas" (Pallas-Triton kernel with the
-  # dequantization fused; interpreted on CPU); "triton" (jax-triton kernel, GPU only); "auto"
+  # dequantization fused; interpreted on CPU); "triton" (jax-triton kernel, GPU only);
+  # "mosaic" (Pallas Mosaic GPU kernel, Hopper only); "auto"
   # picks per platform and GEMM shape and reports it (int4jax.backend.describe_backend).
   backend: Backend = "auto"
 

@@ -56,6 +56,15 @@ def test_unknown_backend_is_rejected():
     describe_backend("pallas", platform="tpu")
 
 
+def test_mosaic_needs_a_hopper_gpu():
+  with pytest.raises(RuntimeError, match="Hopper"):
+    describe_backend("mosaic", platform="cpu")
+  assert describe_backend("mosaic", platform="gpu").name == "mosaic"
+  x, w = make_xw(8, 32, 8)
+  with pytest.raises(RuntimeError, match="Hopper"):
+    int4_linear(x, w, config=Int4Config(backend="mosaic"))
+
+
 def test_xla_reference_and_auto_agree_bit_for_bit():
   x, w = make_xw(33, 100, 17)
   outs = [int4_linear(x, w, config=Int4Config(backend=b)) for b in ("xla", "reference", "auto")]

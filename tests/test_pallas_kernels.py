@@ -225,3 +225,28 @@ def test_quantizer_lowers_for_cuda_without_a_gpu(case):
   text = _lowered_for_cuda(lambda x, arrays: pallas_quantize.quantize_pallas(x, **arrays, **kw),
                            x.astype(jnp.bfloat16), arrays)
   assert "__gpu$xla.gpu.triton" in text
+
+
+@pytest.mark.parametrize("out_dtype", [jnp.float32, jnp.bfloat16])
+@pytest.mark.parametrize("m,n,k", [(512, 256, 384), (200, 72, 100)])
+def test_mosaic_gemm_lowers_for_cuda_without_a_gpu(m, n, k, out_dtype):
+  """The Mosaic GPU kernel cannot run on CPU (not even interpreted); lowering it checks the
+  wgmma operand/accumulator types, layouts and TMA shapes (a float32 accumulator, say, fails
+  here with "WGMMA with element type i8 only supports accumulators of type s32")."""
+  from int4jax.kernels import mosaic_gemm
+  s = jax.ShapeDtypeStruct
+  text = _lowered_for_cuda(
+      lambda a, b, r, c: mosaic_gemm.scaled_gemm_mosaic(a, b, r, c, out_dtype=out_dtype),
+      s((m, k), jnp.int8), s((n, k), jnp.int8), s((m, 1), jnp.float32), s((1, n), jnp.float32))
+  assert "mosaic_gpu" in text
+
+
+def test_mosaic_gemm_bad_input_is_refused():
+  from int4jax.kernels import mosaic_gemm
+  a = jnp.zeros((64, 128), jnp.int8)
+  with pytest.raises(ValueError, match=r"b_t \(N, K\)"):
+    mosaic_gemm.scaled_gemm_mosaic(a, a.T)
+  with pytest.raises(ValueError, match="float"):
+    mosaic_gemm.scaled_gemm_mosaic(a, a, out_dtype=jnp.int32)
+  with pytest.raises(ValueError, match="tile_m % 64"):
+    mosaic_gemm.MosaicBlocks(tile_m=32)
