@@ -1,0 +1,49 @@
+"""Run an experiment: every variant x seed of a task config, then its report.
+
+  python -m experiments.main --task polarity [--size cpu|gpu] [--variants fp32 int4]
+                             [--seeds 0 1 2] [--workdir DIR] [--data_dir DIR]
+
+Prepares the data on first use (experiments.data.prepare), trains (experiments.train), and
+writes experiments/results/<task>.{json,md,png} with the raw logs (experiments.report). Runs
+that already finished in the workdir are not repeated, so an interrupted command can be rerun.
+"""
+
+import argparse
+import json
+import os
+
+from experiments import report, train
+from experiments.configs import TASKS, get_config
+
+
+def main(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__)
+  parser.add_argument("--task", choices=TASKS, required=True)
+  parser.add_argument("--size", choices=("cpu", "gpu"), default="cpu")
+  parser.add_argument("--variants", nargs="+", default=None)
+  parser.add_argument("--seeds", nargs="+", type=int, default=None)
+  parser.add_argument("--workdir", default=None)
+  parser.add_argument("--data_dir", default=None)
+  parser.add_argument("--out", default="experiments/results")
+  parser.add_argument("--checkpoint_every", type=int, default=50)
+  args = parser.parse_args(argv)
+  config = get_config(args.task, args.size).replace(checkpoint_every=args.checkpoint_every)
+  if args.variants:
+    config = config.replace(variants=tuple(args.variants))
+  if args.seeds:
+    config = config.replace(seeds=tuple(args.seeds))
+  if args.data_dir:
+    config = config.replace(data_dir=args.data_dir)
+  workdir = args.workdir or os.path.join("experiments", "workdir", config.task)
+  done = report.collect(workdir)
+  todo = [(v, s) for v in config.variants for s in config.seeds if s not in done.get(v, {})]
+  print(f"{config.task}: {len(todo)} runs to do, {sum(map(len, done.values()))} done in "
+        f"{workdir}", flush=True)
+  for variant, seed in todo:
+    train.train_and_evaluate(config.replace(variants=(variant,), seeds=(seed,)), workdir)
+    report.write_report(config.task, workdir, args.out, config.metric)
+  print(report.markdown(json.load(open(os.path.join(args.out, f"{config.task}.json")))))
+
+
+if __name__ == "__main__":
+  main()

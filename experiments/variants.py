@@ -1,0 +1,36 @@
+"""The variants every experiment runs, same seed and data order: one model code, INT4 from rules.
+
+  fp32              the float baseline
+  int4              int4jax's default (HQ block 32, per-row scales, bit-split dY, no sampling)
+  int4-paper        the paper's method (LSQ per-tensor scales, [-8, 7], Bernoulli LSS at 0.5)
+  int4-no-hadamard  forward per-tensor RTN without the Hadamard (the paper's RTN ablation);
+                    backward as int4
+  int4-fwd-only     int4's forward, float backward (the paper's forward-only ablation)
+  int4-no-lss       the paper's method without leverage-score sampling
+"""
+
+from typing import Dict, Optional
+
+from int4jax import Int4Config, QuantRule
+
+VARIANTS: Dict[str, Optional[Int4Config]] = {
+    "fp32": None,
+    "int4": Int4Config(),
+    "int4-paper": Int4Config.paper(),
+    "int4-no-hadamard": Int4Config(hadamard_block=1, scale_mode="tensor"),
+    "int4-fwd-only": Int4Config(grad_mode="float"),
+    "int4-no-lss": Int4Config.paper(lss="off"),
+}
+
+# The paper keeps the classifier head (and the embeddings, which are not Dense) in float.
+FLOAT_LAYERS = (r"classifier",)
+
+
+def rules_for(variant: str):
+  """QuantRules for `variant`, or None for the float baseline."""
+  if variant not in VARIANTS:
+    raise ValueError(f"unknown variant {variant!r}; choose from {list(VARIANTS)}")
+  config = VARIANTS[variant]
+  if config is None:
+    return None
+  return tuple(QuantRule(path=p, config=None) for p in FLOAT_LAYERS) + (QuantRule(config=config),)

