@@ -135,12 +135,51 @@ def _scaled_xla(gemm):
   return scaled
 
 
+# Tile sizes the GPU autotuner tries for the Pallas-Triton GEMM (the default first).
+PALLAS_BLOCK_CANDIDATES = (
+    pallas_gemm.GemmBlocks(128, 128, 64, num_warps=4, num_stages=3),
+    pallas_gemm.GemmBlocks(128, 256, 64, num_warps=8, num_stages=3),
+    pallas_gemm.GemmBlocks(256, 128, 64, num_warps=8, num_stages=3),
+    pallas_gemm.GemmBlocks(128, 128, 128, num_warps=4, num_stages=4),
+    pallas_gemm.GemmBlocks(64, 128, 128, num_warps=4, num_stages=4),
+)
+
+
+def pallas_blocks(a_shape, b_shape, contracting, interpret: bool) -> pallas_gemm.GemmBlocks:
+  """Tile sizes for the Pallas GEMM at these shapes: the default when interpreted (CPU) or for
+  small GEMMs; otherwise the fastest correct candidate for the (M, N, K) bucket, tuned once
+  (on random INT4 operands of these shapes) and cached like the backend choice."""
+  default = PALLAS_BLOCK_CANDIDATES[0]
+  m, n, k = xla_gemm.gemm_shape(jax.ShapeDtypeStruct(a_shape, jnp.int8),
+                                jax.ShapeDtypeStruct(b_shape, jnp.int8), contracting)
+  if interpret or 2 * m * n * k < AUTO_MIN_FLOPS:
+    return default
+  (ca,), (cb,) = contracting
+  key = f"{jax.devices()[0].device_kind}|pallas_blocks|{ca}{cb}|{autotune.bucket(m, n, k)}"
+  rng = np.random.default_rng(1)
+  ta = jnp.asarray(rng.integers(-8, 8, a_shape), jnp.int8)
+  tb = jnp.asarray(rng.integers(-8, 8, b_shape), jnp.int8)
+  want = xla_gemm.int_gemm_xla(ta, tb, contracting)
+
+  def checked(blocks):
+    def thunk():
+      out = pallas_gemm.scaled_gemm_pallas(ta, tb, contracting=contracting, blocks=blocks)
+      if not bool(jnp.array_equal(out, want)):
+        raise RuntimeError(f"pallas GEMM with {blocks} disagrees with XLA")
+      return out
+    return thunk
+  names = {repr(b): b for b in PALLAS_BLOCK_CANDIDATES}
+  return names[_tuner_instance().pick(key, {n: checked(b) for n, b in names.items()})]
+
+
 def _scaled_pallas(interpret: bool):
   def scaled(a, b, contracting, row_scale=None, col_scale=None):
     if row_scale is None and col_scale is None:  # keep the contract: a float result
       row_scale = jnp.float32(1.0)
-    return pallas_gemm.scaled_gemm_pallas(a, b, row_scale, col_scale,
-                                          contracting=_static(contracting), interpret=interpret)
+    contracting = _static(contracting)
+    blocks = pallas_blocks(a.shape, b.shape, contracting, interpret)
+    return pallas_gemm.scaled_gemm_pallas(a, b, row_scale, col_scale, contracting=contracting,
+                                          blocks=blocks, interpret=interpret)
   return scaled
 
 
@@ -224,8 +263,9 @@ def int_gemm(name: str) -> Callable:
   choice = describe_backend(name)
   _report(choice)
   if choice.name == "pallas":
-    return lambda a, b, c: pallas_gemm.scaled_gemm_pallas(a, b, contracting=_static(c),
-                                                          interpret=choice.interpret)
+    return lambda a, b, c: pallas_gemm.scaled_gemm_pallas(
+        a, b, contracting=_static(c), interpret=choice.interpret,
+        blocks=pallas_blocks(a.shape, b.shape, _static(c), choice.interpret))
   if choice.name == "triton":
     return lambda a, b, c: triton_gemm.scaled_gemm_triton(a, b, contracting=_static(c))
   if choice.name == "reference":

@@ -44,7 +44,7 @@ class Autotuner:
     self.path = path
     self.timer = timer
     self._choices: Dict[str, str] = {}
-    self._lock = threading.Lock()
+    self._lock = threading.RLock()  # a candidate may tune its own parameters (nested pick)
     if path and os.path.exists(path):
       with open(path) as f:
         self._choices.update(json.load(f))

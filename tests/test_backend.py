@@ -192,3 +192,30 @@ def test_pallas_backend_runs_all_three_gemms_as_pallas_kernels():
   text = str(jax.make_jaxpr(f)(x, w))
   assert text.count("pallas_call[") == 3, text.count("pallas_call[")
   assert text.count("name=int4jax_scaled_gemm") == 3
+
+
+def test_pallas_block_sizes_are_tuned_per_bucket_and_used(monkeypatch):
+  """On GPU (simulated: not interpreted) the tuner picks the tile sizes once per bucket; the
+  chosen GemmBlocks reach the kernel. Interpreted or small GEMMs keep the default."""
+  from int4jax.kernels import pallas_gemm
+  fastest = backend.PALLAS_BLOCK_CANDIDATES[2]
+  timer = _FakeTimer({repr(b): (0.5 if b == fastest else 1.0)
+                      for b in backend.PALLAS_BLOCK_CANDIDATES})
+  monkeypatch.setattr(backend, "_tuner", autotune.Autotuner(timer=timer))
+  monkeypatch.setattr(backend, "AUTO_MIN_FLOPS", 1)
+  real_pick = autotune.Autotuner.pick
+  monkeypatch.setattr(autotune.Autotuner, "pick", lambda self, key, cands: real_pick(
+      self, key, {n: (lambda n=n: n) for n in cands}))
+  shapes = ((64, 128), (128, 32), ((1,), (0,)))
+  assert backend.pallas_blocks(*shapes, interpret=False) == fastest
+  assert backend.pallas_blocks(*shapes, interpret=False) == fastest
+  assert len(timer.calls) == len(backend.PALLAS_BLOCK_CANDIDATES)  # tuned once
+  assert backend.pallas_blocks(*shapes, interpret=True) == pallas_gemm.GemmBlocks()
+  used = []
+  real = pallas_gemm.scaled_gemm_pallas
+  monkeypatch.setattr(pallas_gemm, "scaled_gemm_pallas",
+                      lambda *a, **kw: used.append(kw["blocks"]) or real(*a, **kw))
+  monkeypatch.setattr(backend, "pallas_blocks", lambda *a: fastest)  # as on a GPU
+  a = jnp.ones((64, 128), jnp.int8)
+  backend._scaled_pallas(True)(a, jnp.ones((128, 32), jnp.int8), ((1,), (0,)))
+  assert used == [fastest]
