@@ -30,7 +30,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from int4jax.kernels import autotune, int_gemm as xla_gemm, mosaic_gemm, pallas_gemm, triton_gemm
+from int4jax.kernels import (autotune, int_gemm as xla_gemm, mosaic_gemm, pallas_gemm,
+                             pallas_quantize, triton_gemm)
+from int4jax.quantizers import int4_quant
 
 logger = logging.getLogger("int4jax")
 
@@ -256,6 +258,30 @@ def scaled_gemm(name: str) -> Callable:
     return _scaled_mosaic
   gemm = xla_gemm.int_gemm_xla if choice.name == "xla" else xla_gemm.int_gemm_reference
   return _scaled_xla(gemm)
+
+
+def _quantize_jnp(x, axis, qmin, qmax, key):
+  return int4_quant.quantize_absmax(x, qmin, qmax, axis, key)
+
+
+def _quantize_pallas(interpret: bool):
+  def quantize(x, axis, qmin, qmax, key):
+    dither = None if key is None else int4_quant.uniform_dither(key, x.shape)
+    q, scale = pallas_quantize.quantize_pallas(x, axis=axis, qmin=qmin, qmax=qmax,
+                                               dither=dither, interpret=interpret)
+    return q, (scale[:, None] if axis == 1 else scale[None, :])
+  return quantize
+
+
+def quantizer(name: str) -> Callable:
+  """f(x, axis, qmin, qmax, key) -> (int8 values, keepdims float32 scales): abs-max quantization
+  of the groups of a 2-D x along `axis`, stochastic when key is given. "pallas" runs the fused
+  quantizer kernel (with the same dither as the jnp quantizer, so the same integers); the other
+  backends run the jnp quantizer, which XLA fuses."""
+  choice = describe_backend(name)
+  if choice.name == "pallas":
+    return _quantize_pallas(choice.interpret)
+  return _quantize_jnp
 
 
 def int_gemm(name: str) -> Callable:

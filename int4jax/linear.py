@@ -77,9 +77,13 @@ def forward_quantize(xh, wh, config: Int4Config, scales: Scales):
     xq = quantize.quantize(xh, sx, qmin, qmax)
     wq = quantize.quantize(wh, sw, qmin, qmax)
     return (xq, quantize.nonfinite_to_nan(sx, xh), wq, quantize.nonfinite_to_nan(sw, wh))
-  x_axes, w_axes = (1, 0) if config.scale_mode == "row" else (None, None)
-  xq, sx = quantize.quantize_absmax(xh, qmin, qmax, x_axes)
-  wq, sw = quantize.quantize_absmax(wh, qmin, qmax, w_axes)
+  if config.scale_mode == "row":  # per-row abs-max: the backend's quantizer (a kernel or jnp)
+    quantize_groups = backend.quantizer(config.backend)
+    xq, sx = quantize_groups(xh, 1, qmin, qmax, None)
+    wq, sw = quantize_groups(wh, 0, qmin, qmax, None)
+    return xq, sx, wq, sw
+  xq, sx = quantize.quantize_absmax(xh, qmin, qmax, None)
+  wq, sw = quantize.quantize_absmax(wh, qmin, qmax, None)
   return xq, sx, wq, sw
 
 
@@ -102,13 +106,18 @@ def _quantized_product(g, reduce_axes, gemm_with, config: Int4Config, key):
   applied in its epilogue. gemm_with(q, None) is the raw int32 product."""
   qmin, qmax = config.qrange
   key = key if config.stochastic_rounding else None
+  quantize_groups = backend.quantizer(config.backend)
   if config.grad_mode == "bitsplit":
-    split = bitsplit.bit_split(g, config.qrange, reduce_axes, key)
     if config.fuse_bitsplit:
-      return gemm_with(split.combined(), split.scale_lo)
+      # R*hi + lo is g rounded on the step scale_lo = max|g| / V and clipped to [-V, V]: the
+      # plain abs-max quantizer with V levels, bit for bit (tests/test_bitsplit.py).
+      v_max = bitsplit.combined_max(config.qrange)
+      v, scale_lo = quantize_groups(g, reduce_axes, -v_max, v_max, key)
+      return gemm_with(v, scale_lo)
+    split = bitsplit.bit_split(g, config.qrange, reduce_axes, key)
     acc = split.radix * gemm_with(split.hi, None) + gemm_with(split.lo, None)
     return acc.astype(jnp.float32) * split.scale_lo
-  gq, scale = quantize.quantize_absmax(g, qmin, qmax, reduce_axes, key)
+  gq, scale = quantize_groups(g, reduce_axes, qmin, qmax, key)
   return gemm_with(gq, scale)
 
 

@@ -185,13 +185,14 @@ def test_gpu_auto_dispatch_consults_the_tuner_per_shape_bucket(monkeypatch):
   np.testing.assert_array_equal(small, backend.scaled_gemm("xla")(a[:8], b, ((1,), (0,))))
 
 
-def test_pallas_backend_runs_all_three_gemms_as_pallas_kernels():
+def test_pallas_backend_runs_all_gemms_and_quantizers_as_pallas_kernels():
   x, w = make_xw(16, 64, 8)
   f = jax.grad(lambda x, w: jnp.sum(int4_linear(x, w, key=jax.random.key(0),
                                                 config=Int4Config(backend="pallas"))), (0, 1))
   text = str(jax.make_jaxpr(f)(x, w))
-  assert text.count("pallas_call[") == 3, text.count("pallas_call[")
-  assert text.count("name=int4jax_scaled_gemm") == 3
+  assert text.count("name=int4jax_scaled_gemm") == 3  # forward, dX, dW
+  assert text.count("name=int4jax_quantize") == 4  # X, W, and dY twice (rows for dX, cols for dW)
+  assert text.count("pallas_call[") == 7
 
 
 def test_pallas_block_sizes_are_tuned_per_bucket_and_used(monkeypatch):

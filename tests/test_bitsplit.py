@@ -55,3 +55,19 @@ def test_zero_and_nan_gradients():
   bad = qz.bit_split(jnp.ones((2, 4)).at[0, 0].set(jnp.nan), qz.FULL, 1)
   deq = bad.dequantize()
   assert bool(jnp.all(jnp.isnan(deq[0]))) and bool(jnp.all(jnp.isfinite(deq[1])))
+
+
+@pytest.mark.parametrize("qrange", [(-7, 7), (-8, 7)])
+@pytest.mark.parametrize("axes", [None, 0, 1])
+@pytest.mark.parametrize("stochastic", [False, True])
+def test_combined_split_is_the_abs_max_quantizer_with_v_levels(qrange, axes, stochastic):
+  """R*hi + lo equals abs-max quantization to [-V, V] with the same key, bit for bit, so the
+  fused path (and the fused quantizer kernel) can produce it in one pass."""
+  g = jax.random.normal(jax.random.key(5), (33, 20)) * jnp.exp(
+      jax.random.normal(jax.random.key(6), (1, 20)))
+  key = jax.random.key(7) if stochastic else None
+  split = qz.bit_split(g, qrange, axes, key)
+  v_max = qz.bitsplit.combined_max(qrange)
+  v, scale = qz.int4_quant.quantize_absmax(g, -v_max, v_max, axes, key)
+  np.testing.assert_array_equal(split.combined(), v)
+  np.testing.assert_array_equal(split.scale_lo, scale)
