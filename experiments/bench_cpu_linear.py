@@ -14,7 +14,6 @@ import statistics
 import time
 
 import jax
-import jax.numpy as jnp
 
 from int4jax import Int4Config, int4_linear
 

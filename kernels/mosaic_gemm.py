@@ -26,7 +26,7 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import mosaic_gpu as plgpu
 
 from int4jax.kernels.int_gemm import check_int8_operands
-from int4jax.kernels.pallas_gemm import _as_vector, _pad_to, _round_up
+from int4jax.kernels.layout import pad_to, round_up, scale_vector
 
 
 @dataclasses.dataclass(frozen=True)
@@ -104,9 +104,9 @@ def scaled_gemm_mosaic(a: jax.Array, b_t: jax.Array, row_scale=None, col_scale=N
     raise ValueError(f"scaled_gemm_mosaic returns a float dtype, got {out_dtype}")
   (m, k), n = a.shape, b_t.shape[0]
   tm, tn, tk = blocks.tile_m, blocks.tile_n, blocks.tile_k
-  mp, np_, kp = _round_up(max(m, 1), tm), _round_up(max(n, 1), tn), _round_up(max(k, 1), tk)
-  row = _pad_to(_as_vector(row_scale, m, "row_scale"), (mp,))
-  col = _pad_to(_as_vector(col_scale, n, "col_scale"), (np_,))
+  mp, np_, kp = round_up(max(m, 1), tm), round_up(max(n, 1), tn), round_up(max(k, 1), tk)
+  row = pad_to(scale_vector(row_scale, m, "row_scale"), (mp,))
+  col = pad_to(scale_vector(col_scale, n, "col_scale"), (np_,))
   call = plgpu.kernel(
       functools.partial(_kernel, blocks=blocks, k_iters=kp // tk),
       out_type=jax.ShapeDtypeStruct((mp, np_), out_dtype),
@@ -115,5 +115,5 @@ def scaled_gemm_mosaic(a: jax.Array, b_t: jax.Array, row_scale=None, col_scale=N
       compiler_params=plgpu.CompilerParams(
           lowering_semantics=plgpu.LoweringSemantics.Lane),
   )
-  out = call(_pad_to(a, (mp, kp)), _pad_to(b_t, (np_, kp)), row, col)
+  out = call(pad_to(a, (mp, kp)), pad_to(b_t, (np_, kp)), row, col)
   return out[:m, :n]

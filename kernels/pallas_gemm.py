@@ -18,7 +18,7 @@ lowering is chosen explicitly by passing Triton compiler params.
 
 import dataclasses
 import functools
-from typing import Optional, Tuple
+from typing import Tuple
 
 import jax
 import jax.numpy as jnp
@@ -27,6 +27,7 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plt
 
 from int4jax.kernels.int_gemm import check_int8_operands, gemm_shape
+from int4jax.kernels.layout import pad_to, round_up, scale_vector
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,15 +44,6 @@ class GemmBlocks:
       v = getattr(self, name)
       if v < 16 or v & (v - 1):
         raise ValueError(f"GemmBlocks.{name} must be a power of two >= 16 (Triton's dot), got {v}")
-
-
-def _round_up(n: int, m: int) -> int:
-  return -(-n // m) * m
-
-
-def _pad_to(x: jax.Array, shape) -> jax.Array:
-  pads = [(0, t - s) for s, t in zip(x.shape, shape)]
-  return jnp.pad(x, pads) if any(p for _, p in pads) else x
 
 
 def _kernel(a_ref, b_ref, *rest, trans_a, trans_b, block_k, num_k, has_scales, has_bias):
@@ -73,17 +65,6 @@ def _kernel(a_ref, b_ref, *rest, trans_a, trans_b, block_k, num_k, has_scales, h
   if has_bias:
     out = out + rest[2][...][None, :]
   o_ref[...] = out.astype(o_ref.dtype)
-
-
-def _as_vector(s: Optional[jax.Array], n: int, what: str) -> jax.Array:
-  """A rank-1 scale as a float32 (n,) vector: accepts a scalar, (n,), (n, 1) or (1, n)."""
-  s = jnp.asarray(1.0 if s is None else s, jnp.float32)
-  if s.size == 1:
-    return jnp.broadcast_to(s.reshape(()), (n,))
-  if s.size != n or max(s.shape) != n:
-    raise ValueError(f"{what} must be a scalar or hold {n} values (one per {what.split('_')[0]}),"
-                     f" got shape {s.shape}")
-  return s.reshape(n)
 
 
 @functools.partial(jax.jit, static_argnames=("contracting", "blocks", "out_dtype", "interpret"))
@@ -110,9 +91,9 @@ def scaled_gemm_pallas(a: jax.Array, b: jax.Array, row_scale=None, col_scale=Non
     raise ValueError(f"a scaled GEMM returns a float dtype, got out_dtype={out_dtype}")
 
   bm, bn, bk = blocks.block_m, blocks.block_n, blocks.block_k
-  mp, np_, kp = _round_up(max(m, 1), bm), _round_up(max(n, 1), bn), _round_up(max(k, 1), bk)
-  a = _pad_to(a, (kp, mp) if trans_a else (mp, kp))
-  b = _pad_to(b, (np_, kp) if trans_b else (kp, np_))
+  mp, np_, kp = round_up(max(m, 1), bm), round_up(max(n, 1), bn), round_up(max(k, 1), bk)
+  a = pad_to(a, (kp, mp) if trans_a else (mp, kp))
+  b = pad_to(b, (np_, kp) if trans_b else (kp, np_))
   operands = [a, b]
   in_specs = [
       pl.BlockSpec((kp, bm), lambda i, j: (0, i)) if trans_a else
@@ -122,14 +103,14 @@ def scaled_gemm_pallas(a: jax.Array, b: jax.Array, row_scale=None, col_scale=Non
   ]
   has_bias = bias is not None
   if has_scales:
-    operands += [_pad_to(_as_vector(row_scale, m, "row_scale"), (mp,)),
-                 _pad_to(_as_vector(col_scale, n, "col_scale"), (np_,))]
+    operands += [pad_to(scale_vector(row_scale, m, "row_scale"), (mp,)),
+                 pad_to(scale_vector(col_scale, n, "col_scale"), (np_,))]
     in_specs += [pl.BlockSpec((bm,), lambda i, j: (i,)), pl.BlockSpec((bn,), lambda i, j: (j,))]
     if has_bias:
       bias = jnp.asarray(bias, jnp.float32)
       if bias.shape != (n,):
         raise ValueError(f"bias must have shape ({n},), got {bias.shape}")
-      operands.append(_pad_to(bias, (np_,)))
+      operands.append(pad_to(bias, (np_,)))
       in_specs.append(pl.BlockSpec((bn,), lambda i, j: (j,)))
 
   kernel = functools.partial(_kernel, trans_a=trans_a, trans_b=trans_b, block_k=bk,
@@ -157,8 +138,8 @@ def scaled_gemm_reference(a: jax.Array, b: jax.Array, row_scale=None, col_scale=
                         preferred_element_type=jnp.int32)
   if row_scale is None and col_scale is None and bias is None:
     return acc
-  out = (acc.astype(jnp.float32) * _as_vector(row_scale, m, "row_scale")[:, None]
-         * _as_vector(col_scale, n, "col_scale")[None, :])
+  out = (acc.astype(jnp.float32) * scale_vector(row_scale, m, "row_scale")[:, None]
+         * scale_vector(col_scale, n, "col_scale")[None, :])
   if bias is not None:
     out = out + jnp.asarray(bias, jnp.float32)[None, :]
   return out.astype(jnp.float32 if out_dtype is None else out_dtype)

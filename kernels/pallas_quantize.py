@@ -33,6 +33,7 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plt
 import numpy as np
 
+from int4jax.kernels.layout import pad_to, round_up
 from int4jax.quantizers import hadamard
 from int4jax.quantizers import int4_quant as quantize
 
@@ -48,10 +49,6 @@ class QuantizeBlocks:
       v = getattr(self, name)
       if v < 16 or v & (v - 1):
         raise ValueError(f"QuantizeBlocks.{name} must be a power of two >= 16, got {v}")
-
-
-def _round_up(n: int, m: int) -> int:
-  return -(-n // m) * m
 
 
 def _round_half_even(v):
@@ -161,21 +158,18 @@ def quantize_pallas(x: jax.Array, *, axis: int, qmin: int, qmax: int, hadamard_b
                      f"{n_red}; pad first (int4jax.quantizers.pad_to_block)")
   bg = blocks.block_groups
   br = max(blocks.block_red, b)
-  gp, rp = _round_up(max(n_groups, 1), bg), _round_up(max(n_red, 1), br)
+  gp, rp = round_up(max(n_groups, 1), bg), round_up(max(n_red, 1), br)
 
   # Zero padding: padded groups are all-zero (scale 1, sliced off); padded reduced entries add
   # nothing to the abs-max or the Hadamard blocks (b divides the true length).
-  def pad(a, shape2d):
-    return jnp.pad(a, [(0, t - s) for s, t in zip(a.shape, shape2d)])
-
   padded = (gp, rp) if axis == 1 else (rp, gp)
   operands, in_specs = [], []
   if rows is None:
-    operands.append(pad(x, padded))
+    operands.append(pad_to(x, padded))
   else:
     # The gather reads x's own rows; pad the index vector (with row 0) and x's columns only.
     rows = rows.astype(jnp.int32)
-    operands.append(pad(x, (x.shape[0], padded[1])))
+    operands.append(pad_to(x, (x.shape[0], padded[1])))
     operands.append(jnp.pad(rows, (0, padded[0] - n_rows)))
   in_specs.append(pl.BlockSpec(operands[0].shape, lambda i: (0, 0)))
   if rows is not None:
@@ -184,7 +178,7 @@ def quantize_pallas(x: jax.Array, *, axis: int, qmin: int, qmax: int, hadamard_b
     operands.append(jnp.pad(row_weights.astype(jnp.float32), (0, padded[0] - n_rows)))
     in_specs.append(pl.BlockSpec((padded[0],), lambda i: (0,)))
   if dither is not None:
-    operands.append(pad(dither.astype(jnp.float32), padded))
+    operands.append(pad_to(dither.astype(jnp.float32), padded))
     in_specs.append(pl.BlockSpec(padded, lambda i: (0, 0)))
   if b > 1:
     operands.append(_block_diag_hadamard(b, br))

@@ -17,7 +17,8 @@ import jax
 import jax.numpy as jnp
 
 from int4jax.kernels.int_gemm import check_int8_operands, gemm_shape
-from int4jax.kernels.pallas_gemm import GemmBlocks, _as_vector
+from int4jax.kernels.layout import scale_vector
+from int4jax.kernels.pallas_gemm import GemmBlocks
 
 try:  # guarded: both fail without a CUDA jaxlib / the triton package
   import jax_triton
@@ -75,8 +76,8 @@ def scaled_gemm_triton(a: jax.Array, b: jax.Array, row_scale=None, col_scale=Non
   # Row-major operands: (M, K) has strides (K, 1); its transpose (K, M) has (1, M).
   stride_am, stride_ak = (1, m) if ca == 0 else (k, 1)
   stride_bk, stride_bn = (1, k) if cb == 1 else (n, 1)
-  row = _as_vector(row_scale, m, "row_scale")
-  col = _as_vector(col_scale, n, "col_scale")
+  row = scale_vector(row_scale, m, "row_scale")
+  col = scale_vector(col_scale, n, "col_scale")
   bias_v = jnp.zeros((n,), jnp.float32) if bias is None else jnp.asarray(bias, jnp.float32)
   bm, bn, bk = blocks.block_m, blocks.block_n, blocks.block_k
   return jax_triton.triton_call(

@@ -1,7 +1,6 @@
 """The measurements behind Int4Config()'s defaults: each default must win its comparison."""
 
 import jax
-import jax.numpy as jnp
 import pytest
 
 from int4jax import Int4Config, int4_linear

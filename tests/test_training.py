@@ -1,6 +1,5 @@
 """Training with INT4 layers: converges near float, resumes exactly from orbax, jits with donation."""
 
-import functools
 
 import chex
 import jax
@@ -11,7 +10,6 @@ import orbax.checkpoint as ocp
 import pytest
 
 from int4jax import Int4Config
-from int4jax import nn as inn
 from int4jax.nn.transformer import EncoderClassifier, cross_entropy
 
 VOCAB, LENGTH, CLASSES = 15, 16, 3
