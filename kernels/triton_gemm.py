@@ -7,7 +7,9 @@ M, N, K (masked loads; no padding copies), operand layouts given by strides.
 
 jax-triton needs a CUDA jaxlib and the `triton` package (`pip install "int4jax[triton]"`); its
 import raises on a CPU-only jaxlib. This module always imports: `AVAILABLE` says whether the
-kernel can run and `IMPORT_ERROR` why not, and `scaled_gemm_triton` raises that reason.
+kernel can run and `IMPORT_ERROR` why not, and `scaled_gemm_triton` raises that reason. Where
+`triton` alone imports (`HAS_TRITON`), `compile_for_cuda` compiles the kernel for a GPU
+architecture without a GPU, which checks it and shows its PTX.
 """
 
 import functools
@@ -20,15 +22,21 @@ from int4jax.kernels.int_gemm import check_int8_operands, gemm_shape
 from int4jax.kernels.layout import scale_vector
 from int4jax.kernels.pallas_gemm import GemmBlocks
 
-try:  # guarded: both fail without a CUDA jaxlib / the triton package
-  import jax_triton
+try:  # guarded: the triton package is an optional extra
   import triton
   import triton.language as tl
-  AVAILABLE, IMPORT_ERROR = True, None
-except Exception as e:  # ImportError, or jax-triton's own RuntimeError on a CPU-only jaxlib
-  AVAILABLE, IMPORT_ERROR = False, f"{type(e).__name__}: {e}"
+  HAS_TRITON, IMPORT_ERROR = True, None
+except ImportError as e:
+  HAS_TRITON, IMPORT_ERROR = False, f"{type(e).__name__}: {e}"
 
-if AVAILABLE:
+try:  # jax-triton raises (RuntimeError) on a CPU-only jaxlib, ImportError when absent
+  import jax_triton
+  AVAILABLE = HAS_TRITON
+except Exception as e:
+  AVAILABLE = False
+  IMPORT_ERROR = IMPORT_ERROR or f"{type(e).__name__}: {e}"
+
+if HAS_TRITON:  # defined wherever triton imports, so it can be compiled for sm_90 on a CPU
 
   @triton.jit
   def _scaled_gemm_kernel(a_ptr, b_ptr, row_ptr, col_ptr, bias_ptr, c_ptr, M: tl.constexpr,
@@ -87,3 +95,25 @@ def scaled_gemm_triton(a: jax.Array, b: jax.Array, row_scale=None, col_scale=Non
       M=m, N=n, K=k, stride_am=stride_am, stride_ak=stride_ak, stride_bk=stride_bk,
       stride_bn=stride_bn, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, EPILOGUE=epilogue,
       HAS_BIAS=bias is not None)
+
+
+def compile_for_cuda(arch: int = 90, *, transposed_b: bool = False, epilogue: bool = True,
+                     blocks: GemmBlocks = GemmBlocks(), shape=(1024, 1024, 1024)):
+  """The kernel compiled by Triton for sm_<arch> with no GPU: {'ptx': ..., 'ttgir': ...}."""
+  if not HAS_TRITON:
+    raise RuntimeError(f"compiling the triton kernel needs the triton package; {IMPORT_ERROR}")
+  from triton.backends.compiler import GPUTarget
+  m, n, k = shape
+  strides = dict(stride_am=k, stride_ak=1, stride_bk=1 if transposed_b else n,
+                 stride_bn=k if transposed_b else 1)
+  constexprs = dict(M=m, N=n, K=k, **strides, BLOCK_M=blocks.block_m, BLOCK_N=blocks.block_n,
+                    BLOCK_K=blocks.block_k, EPILOGUE=epilogue, HAS_BIAS=False)
+  signature = {"a_ptr": "*i8", "b_ptr": "*i8", "row_ptr": "*fp32", "col_ptr": "*fp32",
+               "bias_ptr": "*fp32", "c_ptr": "*bf16" if epilogue else "*i32",
+               **{name: "constexpr" for name in constexprs}}
+  src = triton.compiler.ASTSource(fn=_scaled_gemm_kernel, signature=signature,
+                                  constexprs=constexprs)
+  compiled = triton.compile(src, target=GPUTarget("cuda", arch, 32),
+                            options={"num_warps": blocks.num_warps,
+                                     "num_stages": blocks.num_stages})
+  return {name: compiled.asm[name] for name in ("ttgir", "ptx")}

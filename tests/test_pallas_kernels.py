@@ -250,3 +250,17 @@ def test_mosaic_gemm_bad_input_is_refused():
     mosaic_gemm.scaled_gemm_mosaic(a, a, out_dtype=jnp.int32)
   with pytest.raises(ValueError, match="tile_m % 64"):
     mosaic_gemm.MosaicBlocks(tile_m=32)
+
+
+@pytest.mark.parametrize("arch,instruction", [
+    (90, "wgmma.mma_async.sync.aligned.m64n128k32.s32.s8.s8"),
+    (80, "mma.sync.aligned.m16n8k32.row.col")])
+@pytest.mark.parametrize("transposed_b", [False, True])
+def test_jax_triton_kernel_compiles_to_int8_tensor_core_mma(arch, instruction, transposed_b):
+  """The jax-triton kernel compiled by Triton without a GPU: its PTX multiplies s8 x s8 into s32
+  on tensor cores (wgmma on Hopper, mma.sync on Ampere)."""
+  from int4jax.kernels import triton_gemm
+  if not triton_gemm.HAS_TRITON:
+    pytest.skip(f"the triton package is not installed: {triton_gemm.IMPORT_ERROR}")
+  ptx = triton_gemm.compile_for_cuda(arch, transposed_b=transposed_b)["ptx"]
+  assert instruction in ptx and ".s8.s8" in ptx

