@@ -1,7 +1,7 @@
 """Run an experiment: every variant x seed of a task config, then its report.
 
   python -m experiments.main --task polarity [--size cpu|gpu] [--variants fp32 int4]
-                             [--seeds 0 1 2] [--workdir DIR] [--data_dir DIR]
+                             [--seeds 0 1 2] [--workdir DIR] [--data_dir DIR] [--model_dir DIR]
 
 Prepares the data on first use (experiments.data.prepare), trains (experiments.train), and
 writes experiments/results/<task>.{json,md,png} with the raw logs (experiments.report). Runs
@@ -24,6 +24,7 @@ def main(argv=None):
   parser.add_argument("--seeds", nargs="+", type=int, default=None)
   parser.add_argument("--workdir", default=None)
   parser.add_argument("--data_dir", default=None)
+  parser.add_argument("--model_dir", default=None, help="a HF BERT dir (default: MiniLM-L6)")
   parser.add_argument("--out", default="experiments/results")
   parser.add_argument("--checkpoint_every", type=int, default=50)
   args = parser.parse_args(argv)
@@ -34,6 +35,8 @@ def main(argv=None):
     config = config.replace(seeds=tuple(args.seeds))
   if args.data_dir:
     config = config.replace(data_dir=args.data_dir)
+  if args.model_dir:
+    config = config.replace(model_dir=args.model_dir)
   workdir = args.workdir or os.path.join("experiments", "workdir", config.task)
   done = report.collect(workdir)
   todo = [(v, s) for v in config.variants for s in config.seeds if s not in done.get(v, {})]
