@@ -7,6 +7,9 @@
                     backward as int4
   int4-fwd-only     int4's forward, float backward (the paper's forward-only ablation)
   int4-no-lss       the paper's method without leverage-score sampling
+  int4-hq-search    int4 with the Hadamard block searched per layer on the first batch (the
+                    paper's per-layer search; experiments/results/bert_layer_errors.md shows
+                    MiniLM's layers mostly prefer 128 over 32)
 """
 
 from typing import Dict, Optional
@@ -20,6 +23,7 @@ VARIANTS: Dict[str, Optional[Int4Config]] = {
     "int4-no-hadamard": Int4Config(hadamard_block=1, scale_mode="tensor"),
     "int4-fwd-only": Int4Config(grad_mode="float"),
     "int4-no-lss": Int4Config.paper(lss="off"),
+    "int4-hq-search": Int4Config(hadamard_block="search"),
 }
 
 # The paper keeps the classifier head (and the embeddings, which are not Dense) in float.
