@@ -151,7 +151,7 @@ def _tiny(config, workspace, **changes):
 @pytest.mark.parametrize("task", TASKS)
 @pytest.mark.parametrize("size", ["cpu", "gpu"])
 def test_one_real_training_step_of_every_config(task, size, workspace, tmp_path):
-  """Every config, one optimizer step on tiny data; all six variants on one config."""
+  """Every config, one optimizer step on tiny data; every variant on one config."""
   every = (task, size) == ("polarity", "cpu")
   config = _tiny(get_config(task, size), workspace, epochs=1 / 4, seeds=(0,),
                  variants=tuple(variants.VARIANTS) if every else ("fp32", "int4"))
