@@ -62,6 +62,9 @@ def markdown(result: Dict) -> str:
     lines.append(f"| {name} | {v['mean']:.2f} ± {v['std']:.2f} | {delta} | "
                  f"{v['f1_mean']:.2f} ± {v['f1_std']:.2f} | "
                  f"{', '.join(f'{s:.2f}' for s in v['seeds'])} | {v['step_time_ms']} |")
+  lines += ["", "mean ± std over the seeds listed (population std); ms/step is each run's median "
+            "training-step time, comparable only between runs that had the machine to "
+            "themselves."]
   return "\n".join(lines) + "\n"
 
 
