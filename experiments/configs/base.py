@@ -41,3 +41,10 @@ class ExperimentConfig:
 
   def replace(self, **changes) -> "ExperimentConfig":
     return dataclasses.replace(self, **changes)
+
+  def sized(self, size: str) -> "ExperimentConfig":
+    """The CPU-sized (max_len 64) or GPU-sized (max_len 128) variant of this config."""
+    lengths = {"cpu": 64, "gpu": 128}
+    if size not in lengths:
+      raise ValueError(f"size must be 'cpu' or 'gpu', got {size!r}")
+    return self.replace(max_len=lengths[size])

@@ -11,9 +11,4 @@ from experiments.configs.base import ExperimentConfig
 
 
 def get_config(size: str = "cpu") -> ExperimentConfig:
-  config = ExperimentConfig(task="bert_polarity", dataset="polarity")
-  if size == "cpu":
-    return config.replace(max_len=64)
-  if size == "gpu":
-    return config.replace(max_len=128)
-  raise ValueError(f"size must be 'cpu' or 'gpu', got {size!r}")
+  return ExperimentConfig(task="bert_polarity", dataset="polarity").sized(size)
