@@ -1,11 +1,13 @@
-"""The one place that decides which integer-GEMM kernel runs.
+"""The one place that decides which kernels run: the integer GEMMs and the abs-max quantizer.
 
 Backends (`Int4Config.backend`):
   "xla"        lax.dot_general(int8, int8) -> int32 (cuBLAS int8 on GPU, exact on CPU), then the
                dequantization multiply as a separate XLA op.
   "reference"  the same product widened to int32 (slow, obviously exact).
-  "pallas"     kernels/pallas_gemm.py, Pallas with the Triton lowering, epilogue fused. On a GPU it
-               compiles; on CPU it runs in Pallas's interpreter (for tests: slow), logged once.
+  "pallas"     kernels/pallas_gemm.py, Pallas with the Triton lowering, epilogue fused, and the
+               fused quantizer kernels/pallas_quantize.py for per-row X, W and both dY. On a GPU
+               they compile; on CPU they run in Pallas's interpreter (for tests: slow), logged
+               once. Every other backend quantizes with the jnp quantizer (XLA fuses it).
   "triton"     kernels/triton_gemm.py through jax-triton (GPU only; `int4jax[triton]`).
   "mosaic"     kernels/mosaic_gemm.py, Pallas Mosaic GPU (Hopper s8 wgmma), epilogue fused;
                operands not already K-major are transposed by XLA first. The raw int32 sums that
