@@ -4,7 +4,7 @@
 
 Reads every <workdir>/<variant>/seed_<s>/summary.json (finished runs) and metrics.jsonl (curves),
 writes {task, metric, higher_is_better, device, jax_version, date, variants: {name: {mean, std,
-seeds, f1_mean, f1_std, step_time_ms}}}, a markdown table generated from that JSON, a PNG of the
+seeds, seed_ids, f1_mean, f1_std, step_time_ms, vs_fp32 (paired on shared seeds)}}}, a markdown table generated from that JSON, a PNG of the
 loss and eval-accuracy curves of all variants, and copies the raw metrics logs next to them.
 """
 
@@ -48,17 +48,23 @@ def summarize(task: str, metric: str, runs: Dict[str, Dict[int, Dict]]) -> Dict:
         "seeds": [round(float(v), 2) for v in vals], "seed_ids": seeds,
         "f1_mean": round(float(f1.mean()), 2), "f1_std": round(float(f1.std()), 2),
         "step_time_ms": round(float(np.median(times)), 1)}
+    if "fp32" in runs and variant != "fp32":
+      # paired on the seeds both ran, so a variant with fewer seeds is compared like for like
+      shared = [s for s in seeds if s in runs["fp32"]]
+      if shared:
+        out["variants"][variant]["vs_fp32"] = round(float(np.mean(
+            [runs[variant][s][metric] - runs["fp32"][s][metric] for s in shared]) * 100), 2)
+        out["variants"][variant]["vs_fp32_seeds"] = shared
   return out
 
 
 def markdown(result: Dict) -> str:
-  base = result["variants"].get("fp32", {}).get("mean")
   lines = [f"# {result['task']}: {result['metric']} (%) on the test split",
            "", f"{result['device']}, jax {result['jax_version']}, {result['date']}", "",
-           f"| variant | {result['metric']} mean ± std | vs fp32 | F1 mean ± std | seeds | "
-           "ms/step |", "|---|---:|---:|---:|---|---:|"]
+           f"| variant | {result['metric']} mean ± std | vs fp32 (same seeds) | F1 mean ± std | "
+           "seeds | ms/step |", "|---|---:|---:|---:|---|---:|"]
   for name, v in result["variants"].items():
-    delta = f"{v['mean'] - base:+.2f}" if base is not None else "—"
+    delta = f"{v['vs_fp32']:+.2f}" if "vs_fp32" in v else "—"
     lines.append(f"| {name} | {v['mean']:.2f} ± {v['std']:.2f} | {delta} | "
                  f"{v['f1_mean']:.2f} ± {v['f1_std']:.2f} | "
                  f"{', '.join(f'{s:.2f}' for s in v['seeds'])} | {v['step_time_ms']} |")
