@@ -212,6 +212,10 @@ def test_report_files_come_from_the_runs(workspace, tmp_path):
     entry = saved["variants"][v]
     assert len(entry["seeds"]) == 2 and {"mean", "std", "step_time_ms"} <= set(entry)
     assert entry["mean"] == pytest.approx(np.mean(entry["seeds"]), abs=0.01)
+  paired = np.mean(np.array(saved["variants"]["int4"]["seeds"])
+                   - np.array(saved["variants"]["fp32"]["seeds"]))
+  assert saved["variants"]["int4"]["vs_fp32"] == pytest.approx(paired, abs=0.01)
+  assert "vs_fp32" not in saved["variants"]["fp32"]
   assert (tmp_path / "out" / f"{config.task}.png").stat().st_size > 1000
   assert (tmp_path / "out" / "logs" / config.task / "int4_seed1.jsonl").exists()
   table = (tmp_path / "out" / f"{config.task}.md").read_text()
