@@ -42,12 +42,13 @@ def summarize(task: str, metric: str, runs: Dict[str, Dict[int, Dict]]) -> Dict:
     seeds = sorted(runs[variant])
     vals = np.array([runs[variant][s][metric] for s in seeds]) * 100
     f1 = np.array([runs[variant][s]["f1"] for s in seeds]) * 100
-    times = [runs[variant][s]["step_time_ms"] for s in seeds]
+    times = [runs[variant][s]["step_time_ms"] for s in seeds
+             if runs[variant][s].get("step_time_ms") is not None]
     out["variants"][variant] = {
         "mean": round(float(vals.mean()), 2), "std": round(float(vals.std()), 2),
         "seeds": [round(float(v), 2) for v in vals], "seed_ids": seeds,
         "f1_mean": round(float(f1.mean()), 2), "f1_std": round(float(f1.std()), 2),
-        "step_time_ms": round(float(np.median(times)), 1)}
+        "step_time_ms": round(float(np.median(times)), 1) if times else None}
     if "fp32" in runs and variant != "fp32":
       # paired on the seeds both ran, so a variant with fewer seeds is compared like for like
       shared = [s for s in seeds if s in runs["fp32"]]
