@@ -27,6 +27,7 @@ CONFIGS = {
     "HQ 32 per-tensor": Int4Config(hadamard_block=32, scale_mode="tensor"),
     "HQ 32 per-row (default)": Int4Config(),
     "HQ 128 per-row": Int4Config(hadamard_block=128),
+    "HQ 32 per-group 32": Int4Config(scale_mode="group", scale_group=32),
 }
 
 

@@ -299,3 +299,15 @@ def int_gemm(name: str) -> Callable:
   if choice.name == "reference":
     return xla_gemm.int_gemm_reference
   return xla_gemm.int_gemm_xla  # "xla"; GPU "auto" and "mosaic" (said in their reasons)
+
+
+def grouped_int_gemm(name: str) -> Callable:
+  """f(a, b, dimension_numbers) -> int32 with one batch dim (the scale group), for
+  scale_mode="group": "reference" widens to int32; every other name runs XLA's int8 dot_general
+  (Int4Config only allows "auto", "xla" and "reference" with group scales)."""
+  if name == "reference":
+    return xla_gemm.grouped_int_gemm_reference
+  if name not in ("auto", "xla"):
+    raise ValueError(f"grouped_int_gemm: no grouped kernel for backend {name!r}; "
+                     "use 'xla', 'reference' or 'auto'")
+  return xla_gemm.grouped_int_gemm_xla

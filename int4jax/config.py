@@ -5,13 +5,13 @@ from typing import Literal, Tuple, Union
 
 from int4jax.quantizers import hadamard, int4_quant as quantize
 
-ScaleMode = Literal["row", "tensor", "lsq"]
+ScaleMode = Literal["row", "tensor", "lsq", "group"]
 GradMode = Literal["bitsplit", "int4", "float"]
 LssMode = Literal["off", "nonzero", "bernoulli", "systematic"]
 Backend = Literal["auto", "xla", "reference", "pallas", "triton", "mosaic"]
 
 _CHOICES = {
-    "scale_mode": ("row", "tensor", "lsq"),
+    "scale_mode": ("row", "tensor", "lsq", "group"),
     "int_range": ("symmetric", "full"),
     "grad_mode": ("bitsplit", "int4", "float"),
     "lss": ("off", "nonzero", "bernoulli", "systematic"),
@@ -38,8 +38,14 @@ class Int4Config:
   hadamard_block: Union[int, Literal["search"]] = 32
   # Forward scales: "row" = one abs-max scale per row of each GEMM operand along its kept dim
   # (per token for X, per output channel for W); "tensor" = one abs-max scale per tensor;
-  # "lsq" = learnable per-tensor step sizes passed in (`scales=`), with the LSQ gradient.
+  # "lsq" = learnable per-tensor step sizes passed in (`scales=`), with the LSQ gradient;
+  # "group" = one abs-max scale per row and per `scale_group` consecutive contraction elements
+  # (per token x group for X, per group x output channel for W; see int4jax/grouped.py for the
+  # cost: each group is its own integer GEMM, summed in float32).
   scale_mode: ScaleMode = "row"
+  # Group length along the contraction dim for scale_mode="group" (a power of two; the
+  # contraction is zero-padded to a multiple of max(scale_group, hadamard_block)).
+  scale_group: int = 32
   # INT4 range: "symmetric" [-7, 7] (the paper's text) or "full" [-8, 7] (its released code).
   int_range: Literal["symmetric", "full"] = "symmetric"
   # Gradient (dY) quantization for both backward GEMMs: "bitsplit" = hi + residual INT4 parts
@@ -72,6 +78,20 @@ class Int4Config:
     b = self.hadamard_block
     if b != "search" and not hadamard.is_power_of_two(b):
       raise ValueError(f"Int4Config.hadamard_block must be a power of two or 'search', got {b!r}")
+    if not hadamard.is_power_of_two(self.scale_group):
+      raise ValueError(f"Int4Config.scale_group must be a power of two, got {self.scale_group!r}")
+    if self.scale_mode == "group":
+      if self.backend not in ("auto", "xla", "reference"):
+        raise ValueError("Int4Config: scale_mode='group' runs on the 'xla' or 'reference' backend "
+                         f"(batched int8 dot_general); backend={self.backend!r} has no grouped "
+                         "kernel")
+      if b == "search":
+        raise ValueError("Int4Config: hadamard_block='search' is not available with "
+                         "scale_mode='group' (the search scores per-row or per-tensor scales); "
+                         "set hadamard_block to a power of two")
+      if not self.fuse_bitsplit:
+        raise ValueError("Int4Config: scale_mode='group' runs the bit split fused "
+                         "(fuse_bitsplit=True, bit-identical to the two-GEMM form)")
     if not 0.0 < self.lss_budget <= 1.0:
       raise ValueError(f"Int4Config.lss_budget must be in (0, 1], got {self.lss_budget!r}")
 
@@ -87,6 +107,13 @@ class Int4Config:
   @property
   def qrange(self) -> Tuple[int, int]:
     return quantize.int_range(self.int_range)
+
+  @property
+  def contraction_multiple(self) -> int:
+    """int4_linear zero-pads the contraction dim to a multiple of this (exact: zeros add 0)."""
+    if self.scale_mode == "group":
+      return max(self.hadamard_block, self.scale_group)
+    return self.hadamard_block
 
   @property
   def needs_key(self) -> bool:

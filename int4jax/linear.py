@@ -24,7 +24,7 @@ from typing import Optional, Tuple
 import jax
 import jax.numpy as jnp
 
-from int4jax import backend, validation
+from int4jax import backend, grouped, validation
 from int4jax.config import Int4Config
 from int4jax.kernels.int_gemm import max_exact_contraction
 from int4jax.quantizers import bitsplit, hadamard, sampling
@@ -47,12 +47,12 @@ def int4_linear(x: jax.Array, kernel: jax.Array, bias: Optional[jax.Array] = Non
   validation.check_linear_args(x, kernel, bias, config, scales)
   validation.check_key(key)
   out_dtype = jnp.result_type(x.dtype, kernel.dtype)
-  block = config.hadamard_block
+  block, multiple = config.hadamard_block, config.contraction_multiple
   k_in, n_out = kernel.shape
   x2 = x.reshape(-1, k_in).astype(jnp.float32)
-  xh = hadamard.block_hadamard(hadamard.pad_to_block(x2, block, 1), block, 1)
+  xh = hadamard.block_hadamard(hadamard.pad_to_block(x2, multiple, 1), block, 1)
   wh = hadamard.block_hadamard(
-      hadamard.pad_to_block(kernel.astype(jnp.float32), block, 0), block, 0)
+      hadamard.pad_to_block(kernel.astype(jnp.float32), multiple, 0), block, 0)
   if scales is not None:
     scales = tuple(jnp.asarray(s, jnp.float32) for s in scales)
   y = _int4_matmul(config, xh, wh, scales, key)
@@ -70,8 +70,13 @@ def backward_keys(key):
 
 
 def forward_quantize(xh, wh, config: Int4Config, scales: Scales):
-  """(Xq, s_X, Wq, s_W): int8 INT4 values and their rank-1 scales."""
+  """(Xq, s_X, Wq, s_W): int8 INT4 values and their scales: rank-1 (keepdims), per tensor, or for
+  scale_mode="group" s_X (M, G) and s_W (G, N)."""
   qmin, qmax = config.qrange
+  if config.scale_mode == "group":
+    xq, sx = grouped.quantize_groups(xh, config.scale_group, 1, qmin, qmax)
+    wq, sw = grouped.quantize_groups(wh, config.scale_group, 0, qmin, qmax)
+    return xq, sx, wq, sw
   if config.scale_mode == "lsq":
     sx, sw = (jnp.where(s > 0, s, jnp.nan) for s in scales)
     xq = quantize.quantize(xh, sx, qmin, qmax)
@@ -121,25 +126,44 @@ def _quantized_product(g, reduce_axes, gemm_with, config: Int4Config, key):
   return gemm_with(gq, scale)
 
 
-def sample_rows(g, xq, config: Int4Config, key):
-  """Leverage-score sampling of the token rows of dW's GEMM: (weighted g rows, matching xq rows)."""
-  m = g.shape[0]
+def sampling_plan(scores, config: Int4Config, key):
+  """Which token rows dW's GEMM keeps and their weights, from the rows' leverage scores:
+  (indices or None for all rows, per-kept-row weights or None for no reweighting)."""
+  m = scores.shape[0]
   if config.lss == "off" or m == 0:
-    return g, xq
-  scores = jnp.linalg.norm(g, axis=1) * jnp.linalg.norm(xq.astype(jnp.float32), axis=1)
+    return None, None
   if config.lss == "nonzero":
-    return g * sampling.nonzero_weights(scores)[:, None], xq
+    return None, sampling.nonzero_weights(scores)
   if config.lss == "bernoulli":
     p = sampling.leverage_probabilities(scores, config.lss_budget * m)
-    return g * sampling.bernoulli_weights(key, p)[:, None], xq
+    return None, sampling.bernoulli_weights(key, p)
   n = max(1, round(config.lss_budget * m))
   if n >= m:
-    return g, xq
+    return None, None
   p = sampling.leverage_probabilities(scores, n)
   idx = sampling.systematic_indices(key, p, n)
   p_kept = p[idx]
   inverse = jnp.where(p_kept > 0, 1.0 / jnp.where(p_kept > 0, p_kept, 1.0), 0.0)  # p=0: zero row
-  return g[idx] * inverse[:, None], xq[idx]
+  return idx, inverse
+
+
+def apply_plan(plan, weighted, *others):
+  """Rows of `weighted` kept and reweighted by `plan`, and the same rows of each of `others`."""
+  idx, weights = plan
+  if idx is not None:
+    weighted, others = weighted[idx], tuple(o[idx] for o in others)
+  if weights is not None:
+    weighted = weighted * weights[:, None]
+  return (weighted,) + tuple(others)
+
+
+def sample_rows(g, xq, config: Int4Config, key):
+  """Leverage-score sampling of the token rows of dW's GEMM: (weighted g rows, matching xq rows).
+  A row's score is ||g_i|| ||xq_i||, proportional to ||dY_i|| ||X~_i|| when g = dY * s_X."""
+  if config.lss == "off":
+    return g, xq
+  scores = jnp.linalg.norm(g, axis=1) * jnp.linalg.norm(xq.astype(jnp.float32), axis=1)
+  return apply_plan(sampling_plan(scores, config, key), g, xq)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
@@ -151,7 +175,10 @@ def _forward(config, xh, wh, scales, key):
   qmin, qmax = config.qrange
   _check_length(xh.shape[1], max(-qmin, qmax), max(-qmin, qmax), "forward")
   xq, sx, wq, sw = forward_quantize(xh, wh, config, scales)
-  y = backend.scaled_gemm(config.backend)(xq, wq, ((1,), (0,)), sx, sw)
+  if config.scale_mode == "group":
+    y = grouped.forward(xq, sx, wq, sw, config.scale_group, config.backend)
+  else:
+    y = backend.scaled_gemm(config.backend)(xq, wq, ((1,), (0,)), sx, sw)
   lsq = (xh, wh, scales) if config.scale_mode == "lsq" else None
   return y, (xq, sx, wq, sw, key, lsq)
 
@@ -161,8 +188,10 @@ def _backward(config, residuals, dy):
   if key is None and config.needs_key:
     raise ValueError(validation.missing_key_message(config))
   key_dx, key_dw, key_lss = backward_keys(key)
-  sgemm, igemm = backend.scaled_gemm(config.backend), backend.int_gemm(config.backend)
   dy = dy.astype(jnp.float32)
+  if config.scale_mode == "group":
+    return _grouped_backward(config, xq, sx, wq, sw, dy, key_dx, key_dw, key_lss)
+  sgemm, igemm = backend.scaled_gemm(config.backend), backend.int_gemm(config.backend)
   g_dx = dy * sw
   g_dw = dy * sx
   col_finite = jnp.all(jnp.isfinite(g_dw), axis=0, keepdims=True)
@@ -189,6 +218,36 @@ def _backward(config, residuals, dy):
   dxh, dsx = _lsq_backward(xh, sx_lsq, dxh, config)
   dwh, dsw = _lsq_backward(wh, sw_lsq, dwh, config)
   return dxh, dwh, (dsx, dsw), None
+
+
+def _grouped_backward(config, xq, sx, wq, sw, dy, key_dx, key_dw, key_lss):
+  """The backward of scale_mode="group" (int4jax/grouped.py): dY is scaled and quantized once per
+  scale group, then one batched integer GEMM per backward product."""
+  qmin, qmax = config.qrange
+  group = config.scale_group
+  if config.grad_mode == "float":
+    quantize_dx = quantize_dw = None
+  else:
+    g_max = _grad_int_max(config)
+    _check_length(dy.shape[1], g_max, max(-qmin, qmax), "dX")
+    _check_length(dy.shape[0], g_max, max(-qmin, qmax), "dW")
+    # The fused bit split is the abs-max quantizer on [-V, V] (see _quantized_product).
+    lo, hi = (-g_max, g_max) if config.grad_mode == "bitsplit" else (qmin, qmax)
+    stochastic = config.stochastic_rounding
+    quantize_dx = lambda g, axis: grouped.quantize_copies(
+        g, axis, lo, hi, key_dx if stochastic else None)
+    quantize_dw = lambda g, axis: grouped.quantize_copies(
+        g, axis, lo, hi, key_dw if stochastic else None)
+  dxh = grouped.backward_dx(dy[None] * sw[:, None, :], wq, group, quantize_dx, config.backend)
+  finite = jnp.all(jnp.isfinite(dy[None] * sx.T[:, :, None]), axis=1, keepdims=True)  # (G,1,N)
+  dy_rows, xq_rows, sx_rows = dy, xq, sx
+  if config.lss != "off":
+    x_norm = jnp.linalg.norm(grouped.dequantize_groups(xq, sx, group, 1), axis=1)
+    scores = jnp.linalg.norm(dy, axis=1) * x_norm
+    dy_rows, xq_rows, sx_rows = apply_plan(sampling_plan(scores, config, key_lss), dy, xq, sx)
+  g_dw = dy_rows[None] * sx_rows.T[:, :, None]
+  dwh = grouped.backward_dw(g_dw, xq_rows, finite, group, quantize_dw, config.backend)
+  return dxh, dwh, None, None
 
 
 def _lsq_backward(t, scale, dt_bar, config):

@@ -16,7 +16,8 @@ import jax.numpy as jnp
 
 from int4jax import validation
 from int4jax.config import Int4Config
-from int4jax.linear import backward_keys, forward_quantize, sample_rows
+from int4jax.linear import (apply_plan, backward_keys, forward_quantize, sample_rows,
+                            sampling_plan)
 from int4jax.quantizers import bitsplit, hadamard
 from int4jax.quantizers import int4_quant as quantize
 
@@ -45,7 +46,7 @@ def int4_linear_reference(x, kernel, bias=None, *, key=None, config: Int4Config 
 
 def _transformed(config, x, w):
   block = config.hadamard_block
-  kp = hadamard.padded_size(x.shape[1], block)
+  kp = hadamard.padded_size(x.shape[1], config.contraction_multiple)
   h = dense_block_hadamard(kp, block)
   x_pad = jnp.pad(x, ((0, 0), (0, kp - x.shape[1])))
   w_pad = jnp.pad(w, ((0, kp - w.shape[0]), (0, 0)))
@@ -69,7 +70,29 @@ def _fake_quant_grad(g, reduce_axes, config, key):
 def _reference(config, x, w, scales, key):
   xh, wh, _ = _transformed(config, x, w)
   xq, sx, wq, sw = forward_quantize(xh, wh, config, scales)
+  if config.scale_mode == "group":
+    g = config.scale_group
+    return jnp.matmul(xq * jnp.repeat(sx, g, 1), wq * jnp.repeat(sw, g, 0), precision=_HI)
   return jnp.matmul(quantize.dequantize(xq, sx), quantize.dequantize(wq, sw), precision=_HI)
+
+
+def _grouped_bars(config, xq, sx, wq, sw, dy, key_dx, key_dw, key_lss):
+  """dX~ and dW~ for scale_mode="group", one group at a time in float (the op batches them)."""
+  g, n_groups = config.scale_group, sx.shape[1]
+  x_deq = xq * jnp.repeat(sx, g, 1)
+  plan = sampling_plan(jnp.linalg.norm(dy, axis=1) * jnp.linalg.norm(x_deq, axis=1), config,
+                       key_lss) if config.lss != "off" else (None, None)
+  dy_rows, xq_rows, sx_rows = apply_plan(plan, dy, xq, sx)
+  dx_cols, dw_rows = [], []
+  for j in range(n_groups):
+    cols = slice(j * g, (j + 1) * g)
+    g_dx = _fake_quant_grad(dy * sw[j][None, :], 1, config, key_dx)
+    dx_cols.append(jnp.matmul(g_dx, wq[cols].astype(jnp.float32).T, precision=_HI))
+    g_dw = _fake_quant_grad(dy_rows * sx_rows[:, j:j + 1], 0, config, key_dw)
+    dw = jnp.matmul(xq_rows[:, cols].astype(jnp.float32).T, g_dw, precision=_HI)
+    finite = jnp.all(jnp.isfinite(dy * sx[:, j:j + 1]), axis=0, keepdims=True)
+    dw_rows.append(jnp.where(finite, dw, jnp.nan))
+  return jnp.concatenate(dx_cols, 1), jnp.concatenate(dw_rows, 0)
 
 
 def _reference_fwd(config, x, w, scales, key):
@@ -84,6 +107,10 @@ def _reference_bwd(config, res, dy):
   xh, wh, h = _transformed(config, x, w)
   xq, sx, wq, sw = forward_quantize(xh, wh, config, scales)
   dy = dy.astype(jnp.float32)
+  if config.scale_mode == "group":
+    dx_bar, dw_bar = _grouped_bars(config, xq, sx, wq, sw, dy, key_dx, key_dw, key_lss)
+    dx = jnp.matmul(dx_bar, h, precision=_HI)[:, :x.shape[1]]
+    return dx, jnp.matmul(h, dw_bar, precision=_HI)[:w.shape[0]], None, None
   g_dx = _fake_quant_grad(dy * sw, 1, config, key_dx)
   dx_bar = jnp.matmul(g_dx, wq.astype(jnp.float32).T, precision=_HI)
   dy_sx = dy * sx

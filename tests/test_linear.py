@@ -24,6 +24,11 @@ CONFIGS = {
     "unfused": Int4Config(fuse_bitsplit=False),
     "no-hadamard": Int4Config(hadamard_block=1),
     "reference-backend": Int4Config(backend="reference"),
+    "group": Int4Config(scale_mode="group"),
+    "group-g64-hq16-systematic": Int4Config(scale_mode="group", scale_group=64, hadamard_block=16,
+                                            lss="systematic"),
+    "group-int4-grads-full-range": Int4Config(scale_mode="group", grad_mode="int4",
+                                              int_range="full"),
 }
 
 
@@ -94,7 +99,7 @@ def test_hadamard_beats_plain_per_tensor_rtn_on_outlier_channels(magnitude, max_
 
 @pytest.mark.parametrize("name,min_cos", [("default", 0.97), ("int4-grads", 0.9),
                                            ("float-grads", 0.97), ("bernoulli", 0.9),
-                                           ("systematic", 0.9)])
+                                           ("systematic", 0.9), ("group", 0.97)])
 def test_gradients_close_to_full_precision(name, min_cos):
   """Token gradients of unequal size (as in real training), where sampling half the rows by
   leverage score keeps the gradient direction. See the next test for equal rows."""
@@ -121,14 +126,16 @@ def test_sampling_half_of_equal_rows_costs_gradient_accuracy():
   assert cos_off > 0.97 and 0.5 < cos_lss < 0.85, (cos_off, cos_lss)
 
 
+@pytest.mark.parametrize("scale_mode", ["row", "group"])
 @pytest.mark.parametrize("lss", ["off", "bernoulli", "systematic"])
-def test_dw_is_unbiased_over_keys(lss):
+def test_dw_is_unbiased_over_keys(lss, scale_mode):
   """E over keys of dW (stochastic bit split + sampling) = the unquantized-dY estimator."""
   x, w = make_xw(64, 32, 16, seed=5)
   cot = jax.random.normal(jax.random.key(10), (64, 16)) * jnp.exp(
       jax.random.normal(jax.random.key(11), (64, 1)))
-  config = Int4Config(lss=lss, lss_budget=0.25)
-  target = jax.vjp(lambda w: int4_linear(x, w, config=Int4Config(grad_mode="float")), w)[1](cot)[0]
+  config = Int4Config(lss=lss, lss_budget=0.25, scale_mode=scale_mode, scale_group=8)
+  float_grads_config = config.replace(grad_mode="float", lss="off")
+  target = jax.vjp(lambda w: int4_linear(x, w, config=float_grads_config), w)[1](cot)[0]
   n = 4000
   keys = jax.random.split(jax.random.key(12), n)
   draws = jax.jit(jax.vmap(

@@ -1,6 +1,6 @@
 """INT4 fine-tuning of MiniLM-L6 (pretrained BERT) on sentence polarity (Pang & Lee, 4,000).
 
-  python -m experiments.main --task polarity --size cpu     # 7 variants x 3 seeds, on CPU
+  python -m experiments.main --task polarity --size cpu     # 8 variants x 3 seeds, on CPU
   python -m experiments.main --task polarity --size gpu
 
 Expected (goal, issue 5): int4 within 1.0 accuracy point of fp32 (~80-85% on this corpus);
