@@ -1,6 +1,7 @@
 """Results of a workdir -> experiments/results/<task>.json, .md and .png, never typed by hand.
 
   python -m experiments.report --task polarity --workdir experiments/workdir/bert_polarity
+  python -m experiments.report --summary bert_polarity bert_uncertainty   # the README's table
 
 Reads every <workdir>/<variant>/seed_<s>/summary.json (finished runs) and metrics.jsonl (curves),
 writes {task, metric, higher_is_better, device, jax_version, date, variants: {name: {mean, std,
@@ -53,8 +54,9 @@ def summarize(task: str, metric: str, runs: Dict[str, Dict[int, Dict]]) -> Dict:
       # paired on the seeds both ran, so a variant with fewer seeds is compared like for like
       shared = [s for s in seeds if s in runs["fp32"]]
       if shared:
-        out["variants"][variant]["vs_fp32"] = round(float(np.mean(
-            [runs[variant][s][metric] - runs["fp32"][s][metric] for s in shared]) * 100), 2)
+        diffs = np.array([runs[variant][s][metric] - runs["fp32"][s][metric] for s in shared])
+        out["variants"][variant]["vs_fp32"] = round(float(diffs.mean() * 100), 2)
+        out["variants"][variant]["vs_fp32_std"] = round(float(diffs.std() * 100), 2)
         out["variants"][variant]["vs_fp32_seeds"] = shared
   return out
 
@@ -72,6 +74,26 @@ def markdown(result: Dict) -> str:
   lines += ["", "mean ± std over the seeds listed (population std); ms/step is each run's median "
             "training-step time, comparable only between runs that had the machine to "
             "themselves."]
+  return "\n".join(lines) + "\n"
+
+
+def summary_table(results) -> str:
+  """One markdown table of several tasks' results: variant x task, mean ± std (paired
+  difference to fp32 ± its std over seeds) [seeds]. Used for the README's results."""
+  names = [v for v in VARIANTS if any(v in r["variants"] for r in results)]
+  lines = ["| variant | " + " | ".join(r["task"] for r in results) + " |",
+           "|---|" + "---:|" * len(results)]
+  for name in names:
+    cells = []
+    for r in results:
+      v = r["variants"].get(name)
+      if v is None:
+        cells.append("—")
+        continue
+      delta = (f" ({v['vs_fp32']:+.2f} ± {v.get('vs_fp32_std', 0.0):.2f})"
+               if "vs_fp32" in v else "")
+      cells.append(f"{v['mean']:.2f} ± {v['std']:.2f}{delta} [{len(v['seeds'])} seeds]")
+    lines.append(f"| `{name}` | " + " | ".join(cells) + " |")
   return "\n".join(lines) + "\n"
 
 
@@ -130,11 +152,23 @@ def write_report(task: str, workdir: str, out_dir: str = "experiments/results",
 
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__)
-  parser.add_argument("--task", required=True)
+  parser.add_argument("--task", default=None)
+  parser.add_argument("--summary", nargs="+", default=None, metavar="TASK",
+                      help="print one table of these tasks' results JSON (e.g. bert_polarity "
+                           "bert_uncertainty) and write it to <out>/bert_summary.md")
   parser.add_argument("--size", default="cpu")
   parser.add_argument("--workdir", default=None)
   parser.add_argument("--out", default="experiments/results")
   args = parser.parse_args(argv)
+  if args.summary:
+    results = [json.load(open(os.path.join(args.out, f"{t}.json"))) for t in args.summary]
+    table = summary_table(results)
+    with open(os.path.join(args.out, "bert_summary.md"), "w") as f:
+      f.write(table)
+    print(table)
+    return
+  if not args.task:
+    parser.error("--task or --summary is required")
   config = get_config(args.task, args.size)
   workdir = args.workdir or os.path.join("experiments", "workdir", config.task)
   result = write_report(config.task, workdir, args.out, config.metric)

@@ -220,3 +220,17 @@ def test_report_files_come_from_the_runs(workspace, tmp_path):
   assert (tmp_path / "out" / "logs" / config.task / "int4_seed1.jsonl").exists()
   table = (tmp_path / "out" / f"{config.task}.md").read_text()
   assert f"| int4 | {saved['variants']['int4']['mean']:.2f}" in table
+  diffs = (np.array(saved["variants"]["int4"]["seeds"])
+           - np.array(saved["variants"]["fp32"]["seeds"]))
+  assert saved["variants"]["int4"]["vs_fp32_std"] == pytest.approx(diffs.std(), abs=0.01)
+
+
+def test_summary_table_has_one_row_per_variant_and_a_cell_per_task():
+  a = {"task": "a", "variants": {"fp32": {"mean": 80.0, "std": 1.0, "seeds": [79.0, 81.0]},
+                                 "int4": {"mean": 79.5, "std": 0.5, "seeds": [79.0, 80.0],
+                                          "vs_fp32": -0.5, "vs_fp32_std": 0.5}}}
+  b = {"task": "b", "variants": {"fp32": {"mean": 70.0, "std": 0.0, "seeds": [70.0]}}}
+  table = report.summary_table([a, b])
+  assert "| variant | a | b |" in table
+  assert "| `fp32` | 80.00 ± 1.00 [2 seeds] | 70.00 ± 0.00 [1 seeds] |" in table
+  assert "| `int4` | 79.50 ± 0.50 (-0.50 ± 0.50) [2 seeds] | — |" in table
