@@ -67,7 +67,9 @@ def forward(xq, sx, wq, sw, group: int, backend_name: str) -> jax.Array:
   dot = backend.grouped_int_gemm(backend_name)
   partial = dot(xq.reshape(m, n_groups, group), wq.reshape(n_groups, group, n),
                 (((2,), (1,)), ((1,), (0,))))  # (G, M, N) int32
-  return jnp.einsum("gmn,mg,gn->mn", partial.astype(jnp.float32), sx, sw)
+  # An explicit scaled sum: XLA:CPU turns the equivalent einsum into a dot_general that is ~3.6x
+  # slower (310 ms vs 86 ms at G=48, M=2048, N=384 on 2 cores).
+  return jnp.sum(partial.astype(jnp.float32) * sw[:, None, :] * sx.T[:, :, None], axis=0)
 
 
 def backward_dx(g_dx, wq, group: int, quantize_grad, backend_name: str) -> jax.Array:
@@ -90,11 +92,13 @@ def backward_dw(g_dw, xq, finite, group: int, quantize_grad, backend_name: str) 
   sampling; those columns of dW~ are NaN (a NaN row poisons its column, as in the per-row op).
   """
   n_groups, m, n = g_dw.shape
-  x3 = xq.reshape(m, n_groups, group).transpose(1, 2, 0)  # (G, g, M): contraction last
+  # (M, G, g) contracted over M: XLA:CPU runs this layout 11x faster than an explicit transpose
+  # to (G, g, M) (12 ms vs 136 ms at G=48, M=2048, N=384).
+  x3 = xq.reshape(m, n_groups, group)
   if quantize_grad is None:
-    out = jnp.einsum("gkm,gmn->gkn", x3.astype(jnp.float32), g_dw)
+    out = jnp.einsum("mgk,gmn->gkn", x3.astype(jnp.float32), g_dw)
   else:
     v, scale = quantize_grad(g_dw, 1)  # per (group, output channel) column
-    out = backend.grouped_int_gemm(backend_name)(x3, v, (((2,), (1,)), ((0,), (0,))))
+    out = backend.grouped_int_gemm(backend_name)(x3, v, (((0,), (1,)), ((1,), (0,))))
     out = out.astype(jnp.float32) * scale
   return jnp.where(finite, out, jnp.nan).reshape(n_groups * group, n)

@@ -239,7 +239,10 @@ def _grouped_backward(config, xq, sx, wq, sw, dy, key_dx, key_dw, key_lss):
     quantize_dw = lambda g, axis: grouped.quantize_copies(
         g, axis, lo, hi, key_dw if stochastic else None)
   dxh = grouped.backward_dx(dy[None] * sw[:, None, :], wq, group, quantize_dx, config.backend)
-  finite = jnp.all(jnp.isfinite(dy[None] * sx.T[:, :, None]), axis=1, keepdims=True)  # (G,1,N)
+  # Column n of group G is finite iff dY[:, n] and s_X[:, G] are (up to a finite*finite
+  # overflow, which gives an Inf in g_dw and so a NaN scale for that column anyway).
+  finite = (jnp.all(jnp.isfinite(dy), axis=0)[None, None, :]
+            & jnp.all(jnp.isfinite(sx), axis=0)[:, None, None])  # (G, 1, N)
   dy_rows, xq_rows, sx_rows = dy, xq, sx
   if config.lss != "off":
     x_norm = jnp.linalg.norm(grouped.dequantize_groups(xq, sx, group, 1), axis=1)
