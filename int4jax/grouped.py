@@ -51,13 +51,7 @@ def quantize_copies(g: jax.Array, reduce_axis: int, qmin: int, qmax: int, key):
   stochastic when `key` is given, with one dither of g[0]'s shape shared by all copies (so copy G
   rounds exactly as `quantize.quantize_absmax(g[G], ..., key)` would)."""
   scale = quantize.absmax_scale(g, qmax, reduce_axis)
-  v = g / scale
-  if key is None:
-    v = quantize.round_half_even(v)
-  else:
-    v = jnp.floor(v + quantize.uniform_dither(key, g.shape[1:])[None])
-  v = jnp.clip(v, qmin, qmax)
-  return jnp.where(jnp.isfinite(v), v, 0.0).astype(jnp.int8), scale
+  return quantize.quantize(g, scale, qmin, qmax, key, dither_shape=g.shape[1:]), scale
 
 
 def forward(xq, sx, wq, sw, group: int, backend_name: str) -> jax.Array:

@@ -68,16 +68,23 @@ def uniform_dither(key: jax.Array, shape) -> jax.Array:
   return (halves.astype(jnp.float32) + 0.5) * (1.0 / 65536)
 
 
-def stochastic_round(v: jax.Array, key: jax.Array) -> jax.Array:
-  """floor(v + u), u ~ U(0, 1) (16-bit grid): E[result] = v to within 2^-17."""
-  return jnp.floor(v + uniform_dither(key, v.shape))
+def stochastic_round(v: jax.Array, key: jax.Array, dither_shape=None) -> jax.Array:
+  """floor(v + u), u ~ U(0, 1) (16-bit grid): E[result] = v to within 2^-17.
+
+  dither_shape: draw u for these trailing dims of v only and broadcast it over the leading ones
+  (each slice is still unbiased); None draws one u per element."""
+  if dither_shape is None:
+    return jnp.floor(v + uniform_dither(key, v.shape))
+  u = uniform_dither(key, tuple(dither_shape))
+  return jnp.floor(v + u.reshape((1,) * (v.ndim - u.ndim) + u.shape))
 
 
 def quantize(x: jax.Array, scale: jax.Array, qmin: int, qmax: int,
-             key: Optional[jax.Array] = None) -> jax.Array:
-  """int8 values of clip(round(x / scale), qmin, qmax); stochastic rounding when `key` is given."""
+             key: Optional[jax.Array] = None, dither_shape=None) -> jax.Array:
+  """int8 values of clip(round(x / scale), qmin, qmax); stochastic rounding when `key` is given
+  (see `stochastic_round` for dither_shape)."""
   v = x.astype(jnp.float32) / scale
-  v = round_half_even(v) if key is None else stochastic_round(v, key)
+  v = round_half_even(v) if key is None else stochastic_round(v, key, dither_shape)
   v = jnp.clip(v, qmin, qmax)
   return jnp.where(jnp.isfinite(v), v, 0.0).astype(jnp.int8)
 
