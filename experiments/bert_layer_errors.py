@@ -28,6 +28,8 @@ CONFIGS = {
     "HQ 32 per-row (default)": Int4Config(),
     "HQ 128 per-row": Int4Config(hadamard_block=128),
     "HQ 32 per-group 32": Int4Config(scale_mode="group", scale_group=32),
+    "HQ 32 per-group 16": Int4Config(scale_mode="group", scale_group=16),
+    "HQ 128 per-group 32": Int4Config(hadamard_block=128, scale_mode="group", scale_group=32),
 }
 
 
