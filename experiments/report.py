@@ -92,7 +92,8 @@ def summary_table(results) -> str:
         continue
       delta = (f" ({v['vs_fp32']:+.2f} ± {v.get('vs_fp32_std', 0.0):.2f})"
                if "vs_fp32" in v else "")
-      cells.append(f"{v['mean']:.2f} ± {v['std']:.2f}{delta} [{len(v['seeds'])} seeds]")
+      n = len(v['seeds'])
+      cells.append(f"{v['mean']:.2f} ± {v['std']:.2f}{delta} [{n} seed{'s' if n != 1 else ''}]")
     lines.append(f"| `{name}` | " + " | ".join(cells) + " |")
   return "\n".join(lines) + "\n"
 

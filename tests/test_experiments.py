@@ -232,5 +232,5 @@ def test_summary_table_has_one_row_per_variant_and_a_cell_per_task():
   b = {"task": "b", "variants": {"fp32": {"mean": 70.0, "std": 0.0, "seeds": [70.0]}}}
   table = report.summary_table([a, b])
   assert "| variant | a | b |" in table
-  assert "| `fp32` | 80.00 ± 1.00 [2 seeds] | 70.00 ± 0.00 [1 seeds] |" in table
+  assert "| `fp32` | 80.00 ± 1.00 [2 seeds] | 70.00 ± 0.00 [1 seed] |" in table
   assert "| `int4` | 79.50 ± 0.50 (-0.50 ± 0.50) [2 seeds] | — |" in table
