@@ -1,6 +1,6 @@
 """CPU timing: jitted fwd+bwd of int4_linear vs the same float32 `x @ kernel`, one process.
 
-  python -m experiments.bench_cpu_linear [--size 2048] [--repeats 20] [--out FILE]
+  python -m experiments.bench_cpu_linear [--tokens 4096] [--size 2048] [--repeats 20] [--out FILE]
 
 Prints a table and writes JSON (date, device, jax version, per-config median ms and the ratio
 to float32). On CPU the int8 x int8 -> int32 dot runs through XLA's integer GEMM.
@@ -18,30 +18,35 @@ import jax
 from int4jax import Int4Config, int4_linear
 
 
-def time_fn(fn, args_list, repeats):
-  for args in args_list:  # compile and warm up
-    jax.block_until_ready(fn(*args))
-  times = []
+def time_interleaved(fns, args_list, repeats):
+  """Median ms of each of `fns` (name -> jitted fn), timed round-robin so that a slow spell of a
+  shared CPU hits every variant alike."""
+  for fn in fns.values():  # compile and warm up
+    for args in args_list:
+      jax.block_until_ready(fn(*args))
+  times = {name: [] for name in fns}
   for i in range(repeats):
     args = args_list[i % len(args_list)]  # rotate inputs
-    start = time.perf_counter()
-    jax.block_until_ready(fn(*args))
-    times.append((time.perf_counter() - start) * 1e3)
-  return statistics.median(times)
+    for name, fn in fns.items():
+      start = time.perf_counter()
+      jax.block_until_ready(fn(*args))
+      times[name].append((time.perf_counter() - start) * 1e3)
+  return {name: statistics.median(t) for name, t in times.items()}
 
 
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__)
+  parser.add_argument("--tokens", type=int, default=4096)
   parser.add_argument("--size", type=int, default=2048)
   parser.add_argument("--repeats", type=int, default=20)
   parser.add_argument("--out", default="")
   args = parser.parse_args(argv)
-  n = args.size
+  m, n = args.tokens, args.size
   inputs = []
   for seed in range(3):
     kx, kw, kc = jax.random.split(jax.random.key(seed), 3)
-    inputs.append((jax.random.normal(kx, (n, n)), jax.random.normal(kw, (n, n)) / n ** 0.5,
-                   jax.random.normal(kc, (n, n)), jax.random.fold_in(kc, 1)))
+    inputs.append((jax.random.normal(kx, (m, n)), jax.random.normal(kw, (n, n)) / n ** 0.5,
+                   jax.random.normal(kc, (m, n)), jax.random.fold_in(kc, 1)))
 
   def fwd_bwd(linear):
     def step(x, w, cot, key):
@@ -52,26 +57,31 @@ def main(argv=None):
   variants = {
       "float32": lambda x, w, key: x @ w,
       "int4 default": lambda x, w, key: int4_linear(x, w, key=key),
+      "int4 per-row (scale_levels=1)": lambda x, w, key: int4_linear(
+          x, w, key=key, config=Int4Config(scale_levels=1)),
       "int4 lss=systematic 0.5": lambda x, w, key: int4_linear(
           x, w, key=key, config=Int4Config(lss="systematic", lss_budget=0.5)),
       "int4 grad_mode=float": lambda x, w, key: int4_linear(
           x, w, key=key, config=Int4Config(grad_mode="float")),
   }
-  rows = {name: time_fn(fwd_bwd(fn), inputs, args.repeats) for name, fn in variants.items()}
+  rows = time_interleaved({name: fwd_bwd(fn) for name, fn in variants.items()}, inputs,
+                          args.repeats)
   base = rows["float32"]
   result = {
       "date": datetime.date.today().isoformat(),
       "device": f"{jax.devices()[0].device_kind} ({platform.processor() or platform.machine()}, "
                 f"{jax.local_device_count()} device, os.cpu_count={__import__('os').cpu_count()})",
       "jax_version": jax.__version__,
-      "shape": {"x": [n, n], "kernel": [n, n]},
+      "shape": {"x": [m, n], "kernel": [n, n]},
+      "default_config": repr(Int4Config()),
       "rows": [{"op": "linear fwd+bwd", "variant": k, "median_ms": round(v, 2),
                 "ratio_vs_float32": round(v / base, 3)} for k, v in rows.items()],
   }
-  print(f"fwd+bwd, x ({n}, {n}) @ kernel ({n}, {n}), jit, median of {args.repeats}")
-  print(f"{'variant':28s} {'ms':>9s} {'x float32':>10s}")
+  print(f"fwd+bwd, x ({m}, {n}) @ kernel ({n}, {n}), jit, median of {args.repeats}, "
+        "variants interleaved")
+  print(f"{'variant':30s} {'ms':>9s} {'x float32':>10s}")
   for row in result["rows"]:
-    print(f"{row['variant']:28s} {row['median_ms']:9.2f} {row['ratio_vs_float32']:10.3f}")
+    print(f"{row['variant']:30s} {row['median_ms']:9.2f} {row['ratio_vs_float32']:10.3f}")
   print(f"date {result['date']}, jax {result['jax_version']}, {result['device']}")
   if args.out:
     with open(args.out, "w") as f:

@@ -21,15 +21,21 @@ from experiments.data import corpora, pipeline
 from int4jax import Int4Config, int4_linear
 from int4jax.quantizers import search_hadamard_block
 
+ONE_LEVEL = dict(scale_levels=1)
 CONFIGS = {
-    "rtn per-tensor (no HQ)": Int4Config(hadamard_block=1, scale_mode="tensor"),
-    "per-row (no HQ)": Int4Config(hadamard_block=1),
-    "HQ 32 per-tensor": Int4Config(hadamard_block=32, scale_mode="tensor"),
-    "HQ 32 per-row (default)": Int4Config(),
-    "HQ 128 per-row": Int4Config(hadamard_block=128),
-    "HQ 32 per-group 32": Int4Config(scale_mode="group", scale_group=32),
-    "HQ 32 per-group 16": Int4Config(scale_mode="group", scale_group=16),
-    "HQ 128 per-group 32": Int4Config(hadamard_block=128, scale_mode="group", scale_group=32),
+    "rtn per-tensor (no HQ)": Int4Config(hadamard_block=1, scale_mode="tensor", **ONE_LEVEL),
+    "per-row (no HQ)": Int4Config(hadamard_block=1, **ONE_LEVEL),
+    "HQ 32 per-tensor": Int4Config(scale_mode="tensor", **ONE_LEVEL),
+    "HQ 32 per-row (old default)": Int4Config(**ONE_LEVEL),
+    "HQ 128 per-row": Int4Config(hadamard_block=128, **ONE_LEVEL),
+    "HQ 32 per-row clip 2.7 rms": Int4Config(scale_clip=2.7, **ONE_LEVEL),
+    "HQ 32 two-level g32 L16": Int4Config(scale_group=32, scale_levels=16),
+    "HQ 32 two-level g16 L8": Int4Config(scale_group=16, scale_levels=8),
+    "HQ 32 two-level g16 L16": Int4Config(scale_group=16, scale_levels=16),
+    "HQ 32 two-level g16 L16 clip 4 rms": Int4Config(scale_clip=4.0),
+    "HQ 32 two-level g16 L16 clip 5 rms": Int4Config(scale_clip=5.0),
+    "HQ 128 two-level g16 L16": Int4Config(hadamard_block=128),
+    "default": Int4Config(),
 }
 
 

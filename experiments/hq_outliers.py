@@ -13,11 +13,12 @@ import jax.numpy as jnp
 from int4jax import Int4Config, int4_linear
 
 CONFIGS = {
-    "rtn per-tensor (no HQ)": Int4Config(hadamard_block=1, scale_mode="tensor"),
-    "rtn per-row (no HQ)": Int4Config(hadamard_block=1),
-    "HQ32 per-tensor": Int4Config(scale_mode="tensor"),
-    "HQ32 per-row (default)": Int4Config(),
-    "HQ128 per-row": Int4Config(hadamard_block=128),
+    "rtn per-tensor (no HQ)": Int4Config(hadamard_block=1, scale_mode="tensor", scale_levels=1),
+    "rtn per-row (no HQ)": Int4Config(hadamard_block=1, scale_levels=1),
+    "HQ32 per-tensor": Int4Config(scale_mode="tensor", scale_levels=1),
+    "HQ32 per-row": Int4Config(scale_levels=1),
+    "HQ128 per-row": Int4Config(hadamard_block=128, scale_levels=1),
+    "HQ32 two-level g16 L16 (default)": Int4Config(),
 }
 
 

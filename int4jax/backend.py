@@ -5,7 +5,8 @@ Backends (`Int4Config.backend`):
                dequantization multiply as a separate XLA op.
   "reference"  the same product widened to int32 (slow, obviously exact).
   "pallas"     kernels/pallas_gemm.py, Pallas with the Triton lowering, epilogue fused, and the
-               fused quantizer kernels/pallas_quantize.py for per-row X, W and both dY. On a GPU
+               fused quantizer kernels/pallas_quantize.py for per-row (two-level) X, W and both
+               dY; per-tensor and clipped scales use the jnp quantizer (logged). On a GPU
                they compile; on CPU they run in Pallas's interpreter (for tests: slow), logged
                once. Every other backend quantizes with the jnp quantizer (XLA fuses it).
   "triton"     kernels/triton_gemm.py through jax-triton (GPU only; `int4jax[triton]`).
@@ -34,7 +35,7 @@ import numpy as np
 
 from int4jax.kernels import (autotune, int_gemm as xla_gemm, mosaic_gemm, pallas_gemm,
                              pallas_quantize, triton_gemm)
-from int4jax.quantizers import int4_quant
+from int4jax.quantizers import int4_quant, two_level
 
 logger = logging.getLogger("int4jax")
 
@@ -79,10 +80,13 @@ def describe_backend(requested: str = "auto", platform: Optional[str] = None) ->
                          "(fuse_bitsplit=False) via XLA")
   if requested == "pallas":
     if gpu:
-      return BackendChoice("pallas", "pallas", platform, False, "Pallas Triton lowering")
+      return BackendChoice("pallas", "pallas", platform, False,
+                           "Pallas Triton lowering; per-tensor or clipped scales (scale_mode="
+                           "'tensor', scale_clip) quantize with jnp")
     if platform == "cpu":
       return BackendChoice("pallas", "pallas", platform, True,
-                           "Pallas interpreter on CPU (tests; slow)")
+                           "Pallas interpreter on CPU (tests; slow); per-tensor or clipped scales "
+                           "quantize with jnp")
     raise RuntimeError(f"int4jax backend 'pallas' runs on CUDA GPUs (or interpreted on CPU), "
                        f"not on {platform}")
   if requested == "triton":
@@ -262,24 +266,32 @@ def scaled_gemm(name: str) -> Callable:
   return _scaled_xla(gemm)
 
 
-def _quantize_jnp(x, axis, qmin, qmax, key):
-  return int4_quant.quantize_absmax(x, qmin, qmax, axis, key)
+def _quantize_jnp(x, axis, qmin, qmax, key, **two_level_settings):
+  return two_level.quantize_two_level(x, axis, qmin, qmax, key=key, **two_level_settings)
 
 
 def _quantize_pallas(interpret: bool):
-  def quantize(x, axis, qmin, qmax, key):
+  def quantize(x, axis, qmin, qmax, key, group=16, levels=1, per_row=True, clip_ratio=None):
+    if not per_row or clip_ratio is not None:
+      # A per-tensor scale needs a global max first, and the clipped range an RMS whose sum
+      # order the kernel cannot match bit for bit: the jnp quantizer, logged once.
+      _report(describe_backend("pallas"), "quantizer: jnp for per-tensor / clipped scales")
+      return _quantize_jnp(x, axis, qmin, qmax, key, group=group, levels=levels,
+                           per_row=per_row, clip_ratio=clip_ratio)
     dither = None if key is None else int4_quant.uniform_dither(key, x.shape)
-    q, scale = pallas_quantize.quantize_pallas(x, axis=axis, qmin=qmin, qmax=qmax,
-                                               dither=dither, interpret=interpret)
+    q, scale = pallas_quantize.quantize_pallas(
+        x, axis=axis, qmin=qmin, qmax=qmax, dither=dither, group=group, levels=levels,
+        interpret=interpret)
     return q, (scale[:, None] if axis == 1 else scale[None, :])
   return quantize
 
 
 def quantizer(name: str) -> Callable:
-  """f(x, axis, qmin, qmax, key) -> (int8 values, keepdims float32 scales): abs-max quantization
-  of the groups of a 2-D x along `axis`, stochastic when key is given. "pallas" runs the fused
-  quantizer kernel (with the same dither as the jnp quantizer, so the same integers); the other
-  backends run the jnp quantizer, which XLA fuses."""
+  """f(x, axis, qmin, qmax, key, *, group, levels, per_row, clip_ratio) -> (int8 values, scales):
+  the one quantizer of every dynamic operand (int4jax/quantizers/two_level.py) of a 2-D x along
+  its contraction `axis`, stochastic when key is given. "pallas" runs the fused quantizer kernel
+  for per-row scales (the same integers, bit for bit; per-tensor scales need a global max first
+  and use the jnp quantizer); the other backends run the jnp quantizer, which XLA fuses."""
   choice = describe_backend(name)
   if choice.name == "pallas":
     return _quantize_pallas(choice.interpret)
@@ -299,15 +311,3 @@ def int_gemm(name: str) -> Callable:
   if choice.name == "reference":
     return xla_gemm.int_gemm_reference
   return xla_gemm.int_gemm_xla  # "xla"; GPU "auto" and "mosaic" (said in their reasons)
-
-
-def grouped_int_gemm(name: str) -> Callable:
-  """f(a, b, dimension_numbers) -> int32 with one batch dim (the scale group), for
-  scale_mode="group": "reference" widens to int32; every other name runs XLA's int8 dot_general
-  (Int4Config only allows "auto", "xla" and "reference" with group scales)."""
-  if name == "reference":
-    return xla_gemm.grouped_int_gemm_reference
-  if name not in ("auto", "xla"):
-    raise ValueError(f"grouped_int_gemm: no grouped kernel for backend {name!r}; "
-                     "use 'xla', 'reference' or 'auto'")
-  return xla_gemm.grouped_int_gemm_xla

@@ -1,17 +1,17 @@
 """Int4Config: every choice the INT4 linear op makes, in one frozen dataclass."""
 
 import dataclasses
-from typing import Literal, Tuple, Union
+from typing import Literal, Optional, Tuple, Union
 
-from int4jax.quantizers import hadamard, int4_quant as quantize
+from int4jax.quantizers import hadamard, int4_quant as quantize, two_level
 
-ScaleMode = Literal["row", "tensor", "lsq", "group"]
+ScaleMode = Literal["row", "tensor", "lsq"]
 GradMode = Literal["bitsplit", "int4", "float"]
 LssMode = Literal["off", "nonzero", "bernoulli", "systematic"]
 Backend = Literal["auto", "xla", "reference", "pallas", "triton", "mosaic"]
 
 _CHOICES = {
-    "scale_mode": ("row", "tensor", "lsq", "group"),
+    "scale_mode": ("row", "tensor", "lsq"),
     "int_range": ("symmetric", "full"),
     "grad_mode": ("bitsplit", "int4", "float"),
     "lss": ("off", "nonzero", "bernoulli", "systematic"),
@@ -23,11 +23,13 @@ _CHOICES = {
 class Int4Config:
   """How `int4_linear` quantizes. The default needs no extra state (dynamic scales).
 
-  Defaults and why (measured in tests/test_defaults.py): per-row scales after a 32-block
-  Hadamard give the lowest forward error of the dynamic modes on activations with outlier
-  channels; bit splitting is ~INT8-accurate at one int8 GEMM per backward product; sampling is
-  off by default because on int8 hardware the fused bit split already costs one GEMM, and LSS
-  trades that for variance (opt in with `lss=`).
+  Defaults and why (tests/test_defaults.py; on real activations experiments/results/
+  bert_layer_errors.md): a 32-block Hadamard spreads outlier channels; two-level scales (a float
+  scale per row times an integer multiplier 1..16 per 16 contraction elements, inside the int8
+  operand) cut the forward error well below one scale per row at the same GEMM cost; bit
+  splitting is ~INT8-accurate at one int8 GEMM per backward product; sampling is off by default
+  because on int8 hardware the fused bit split already costs one GEMM, and LSS trades that for
+  variance (opt in with `lss=`).
   """
 
   # Block size b of the block-diagonal Hadamard along the contraction dim (a power of two;
@@ -36,16 +38,24 @@ class Int4Config:
   # "search" is resolved per layer on the first batch by the Flax modules
   # (`int4jax.quantizers.search_hadamard_block`); the functional op needs an int.
   hadamard_block: Union[int, Literal["search"]] = 32
-  # Forward scales: "row" = one abs-max scale per row of each GEMM operand along its kept dim
-  # (per token for X, per output channel for W); "tensor" = one abs-max scale per tensor;
-  # "lsq" = learnable per-tensor step sizes passed in (`scales=`), with the LSQ gradient;
-  # "group" = one abs-max scale per row and per `scale_group` consecutive contraction elements
-  # (per token x group for X, per group x output channel for W; see int4jax/grouped.py for the
-  # cost: each group is its own integer GEMM, summed in float32).
+  # Forward scales (the outer, float level): "row" = one scale per row of each GEMM operand
+  # along its kept dim (per token for X, per output channel for W); "tensor" = one scale per
+  # tensor; "lsq" = learnable per-tensor step sizes passed in (`scales=`), with the LSQ gradient.
+  # "row" and "tensor" are dynamic (from the data) and take the two-level fields below.
   scale_mode: ScaleMode = "row"
-  # Group length along the contraction dim for scale_mode="group" (a power of two; the
-  # contraction is zero-padded to a multiple of max(scale_group, hadamard_block)).
-  scale_group: int = 32
+  # Two-level scales (int4jax/quantizers/two_level.py): each group of `scale_group` consecutive
+  # contraction elements gets an integer multiplier m in {1, ..., scale_levels} on top of the
+  # outer scale, held inside the int8 operand as m * q (|m * q| <= 7 * scale_levels), so every
+  # product is still one int8 GEMM. scale_levels=1 is plain abs-max per row / per tensor.
+  # Group length (a power of two; with scale_levels > 1 the contraction is zero-padded to a
+  # multiple of max(scale_group, hadamard_block)).
+  scale_group: int = 16
+  # Number of multiplier levels L: m * q must fit int8 (L <= 18; L <= 16 for int_range="full").
+  scale_levels: int = 16
+  # Clip the outer scale's range at clip_ratio * RMS of the row instead of its abs-max (MSE
+  # clipping: after the Hadamard rows are near Gaussian, and abs-max wastes levels on the tail).
+  # None: abs-max (nothing clips).
+  scale_clip: Optional[float] = None
   # INT4 range: "symmetric" [-7, 7] (the paper's text) or "full" [-8, 7] (its released code).
   int_range: Literal["symmetric", "full"] = "symmetric"
   # Gradient (dY) quantization for both backward GEMMs: "bitsplit" = hi + residual INT4 parts
@@ -72,6 +82,10 @@ class Int4Config:
   backend: Backend = "auto"
 
   def __post_init__(self):
+    if self.scale_mode == "group":
+      raise ValueError("Int4Config: scale_mode='group' (one integer GEMM per group) was retired; "
+                       "the default scale_mode='row' has per-group scales in one GEMM "
+                       "(scale_group=, scale_levels=)")
     for name, allowed in _CHOICES.items():
       if getattr(self, name) not in allowed:
         raise ValueError(f"Int4Config.{name} must be one of {allowed}, got {getattr(self, name)!r}")
@@ -80,18 +94,14 @@ class Int4Config:
       raise ValueError(f"Int4Config.hadamard_block must be a power of two or 'search', got {b!r}")
     if not hadamard.is_power_of_two(self.scale_group):
       raise ValueError(f"Int4Config.scale_group must be a power of two, got {self.scale_group!r}")
-    if self.scale_mode == "group":
-      if self.backend not in ("auto", "xla", "reference"):
-        raise ValueError("Int4Config: scale_mode='group' runs on the 'xla' or 'reference' backend "
-                         f"(batched int8 dot_general); backend={self.backend!r} has no grouped "
-                         "kernel")
-      if b == "search":
-        raise ValueError("Int4Config: hadamard_block='search' is not available with "
-                         "scale_mode='group' (the search scores per-row or per-tensor scales); "
-                         "set hadamard_block to a power of two")
-      if not self.fuse_bitsplit:
-        raise ValueError("Int4Config: scale_mode='group' runs the bit split fused "
-                         "(fuse_bitsplit=True, bit-identical to the two-GEMM form)")
+    if not two_level.fits_int8(self.qrange, self.scale_levels):
+      raise ValueError(f"Int4Config.scale_levels must be >= 1 with m * q inside int8 for q in "
+                       f"{self.qrange} (<= 18 symmetric, <= 16 full), got {self.scale_levels!r}")
+    if self.scale_mode == "lsq" and (self.scale_levels != 1 or self.scale_clip is not None):
+      raise ValueError("Int4Config: scale_mode='lsq' learns one step size per tensor; set "
+                       "scale_levels=1 and scale_clip=None (Int4Config.paper() does)")
+    if self.scale_clip is not None and not self.scale_clip > 0:
+      raise ValueError(f"Int4Config.scale_clip must be > 0 or None, got {self.scale_clip!r}")
     if not 0.0 < self.lss_budget <= 1.0:
       raise ValueError(f"Int4Config.lss_budget must be in (0, 1], got {self.lss_budget!r}")
 
@@ -99,7 +109,8 @@ class Int4Config:
   def paper(cls, **overrides) -> "Int4Config":
     """The paper's method: HQ block 32 with learned per-tensor LSQ scales, [-8, 7] as in its code,
     bit-split gradients with stochastic rounding, Bernoulli leverage-score sampling."""
-    settings = dict(hadamard_block=32, scale_mode="lsq", int_range="full", grad_mode="bitsplit",
+    settings = dict(hadamard_block=32, scale_mode="lsq", scale_levels=1, int_range="full",
+                    grad_mode="bitsplit",
                     stochastic_rounding=True, lss="bernoulli", lss_budget=0.5)
     settings.update(overrides)
     return cls(**settings)
@@ -111,7 +122,7 @@ class Int4Config:
   @property
   def contraction_multiple(self) -> int:
     """int4_linear zero-pads the contraction dim to a multiple of this (exact: zeros add 0)."""
-    if self.scale_mode == "group":
+    if self.scale_levels > 1:
       return max(self.hadamard_block, self.scale_group)
     return self.hadamard_block
 

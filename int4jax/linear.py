@@ -7,15 +7,20 @@ plain differentiable JAX around `_int4_matmul`, a custom_vjp that works in the H
   backward  dX~ = Q_rows(dY * s_W) Wq^T   (int)      then autodiff applies H^T and unpads
             dW~ = Xq^T Q_cols(S(dY * s_X))  (int)    S: optional leverage-score row sampling
 
-Q(dY) is the bit split (or plain INT4, or no quantization). Every scale that multiplies a
-contraction dim (s_W for dX, s_X and 1/p for dW) is folded into dY before it is quantized, so the
-remaining scales are rank-1 and apply after the integer GEMM. Residuals: the int8 Xq, Wq and
-their scales (plus XH, HW in float for LSQ, whose gradient needs the rounding residuals).
+Q(XH), Q(HW) are two-level (int4jax/quantizers/two_level.py): the int8 operands hold m * q, an
+INT4 value times its group's integer multiplier, so the scales left outside are still rank-1 and
+the backward reuses the same operands. Q(dY) is the bit split (or plain INT4, or no
+quantization). Every scale that multiplies a contraction dim (s_W for dX, s_X and 1/p for dW) is
+folded into dY before it is quantized, so the remaining scales are rank-1 and apply after the
+integer GEMM. Residuals: the int8 Xq, Wq and their scales (plus XH, HW in float for LSQ, whose
+gradient needs the rounding residuals).
 
 Int32 accumulation is exact while the contraction length K satisfies
-K * max|a| * max|b| <= 2^31 - 1: forward (INT4 x INT4, 8 * 8) K <= 33,554,431; backward with the
-bit split (|v| <= 119, times 8) K <= 2,255,760 for dX's N and dW's token count M. Longer
-contractions raise a ValueError (see `max_exact_contraction`).
+K * max|a| * max|b| <= 2^31 - 1. With A = max|m * q| = 7 L (8 L for int_range="full"):
+  forward   K <= (2^31 - 1) / A^2          L = 1: 43,826,196; L = 16 (A = 112): 171,196
+  backward  N, M <= (2^31 - 1) / (119 A)   (bit split |v| <= 119): L = 1: 2,578,011; L = 16: 161,125
+where N is dX's contraction (output features) and M dW's (tokens in the batch). A longer
+contraction raises a ValueError naming the fix (see `max_exact_contraction`).
 """
 
 import functools
@@ -24,10 +29,10 @@ from typing import Optional, Tuple
 import jax
 import jax.numpy as jnp
 
-from int4jax import backend, grouped, validation
+from int4jax import backend, validation
 from int4jax.config import Int4Config
 from int4jax.kernels.int_gemm import max_exact_contraction
-from int4jax.quantizers import bitsplit, hadamard, sampling
+from int4jax.quantizers import bitsplit, hadamard, sampling, two_level
 from int4jax.quantizers import int4_quant as quantize
 
 Scales = Optional[Tuple[jax.Array, jax.Array]]
@@ -70,25 +75,19 @@ def backward_keys(key):
 
 
 def forward_quantize(xh, wh, config: Int4Config, scales: Scales):
-  """(Xq, s_X, Wq, s_W): int8 INT4 values and their scales: rank-1 (keepdims), per tensor, or for
-  scale_mode="group" s_X (M, G) and s_W (G, N)."""
+  """(Xv, s_X, Wv, s_W): the int8 operands (INT4 values times their group multipliers, see
+  int4jax/quantizers/two_level.py) and their rank-1 scales ((M, 1) and (1, N), or per tensor ())."""
   qmin, qmax = config.qrange
-  if config.scale_mode == "group":
-    xq, sx = grouped.quantize_groups(xh, config.scale_group, 1, qmin, qmax)
-    wq, sw = grouped.quantize_groups(wh, config.scale_group, 0, qmin, qmax)
-    return xq, sx, wq, sw
   if config.scale_mode == "lsq":
     sx, sw = (jnp.where(s > 0, s, jnp.nan) for s in scales)
     xq = quantize.quantize(xh, sx, qmin, qmax)
     wq = quantize.quantize(wh, sw, qmin, qmax)
     return (xq, quantize.nonfinite_to_nan(sx, xh), wq, quantize.nonfinite_to_nan(sw, wh))
-  if config.scale_mode == "row":  # per-row abs-max: the backend's quantizer (a kernel or jnp)
-    quantize_groups = backend.quantizer(config.backend)
-    xq, sx = quantize_groups(xh, 1, qmin, qmax, None)
-    wq, sw = quantize_groups(wh, 0, qmin, qmax, None)
-    return xq, sx, wq, sw
-  xq, sx = quantize.quantize_absmax(xh, qmin, qmax, None)
-  wq, sw = quantize.quantize_absmax(wh, qmin, qmax, None)
+  quantize_groups = backend.quantizer(config.backend)
+  settings = dict(group=config.scale_group, levels=config.scale_levels,
+                  per_row=config.scale_mode == "row", clip_ratio=config.scale_clip)
+  xq, sx = quantize_groups(xh, 1, qmin, qmax, None, **settings)
+  wq, sw = quantize_groups(wh, 0, qmin, qmax, None, **settings)
   return xq, sx, wq, sw
 
 
@@ -97,6 +96,11 @@ def _check_length(length: int, max_a: int, max_b: int, what: str) -> None:
   if length > limit:
     raise ValueError(f"int4_linear: the {what} GEMM contracts over {length} > {limit} elements, "
                      "past which int32 accumulation could overflow; split the batch")
+
+
+def _operand_max(config: Int4Config) -> int:
+  """max |value| of the forward's int8 operands (INT4 values times group multipliers)."""
+  return two_level.max_operand(config.qrange, config.scale_levels)
 
 
 def _grad_int_max(config: Int4Config) -> int:
@@ -141,9 +145,10 @@ def sampling_plan(scores, config: Int4Config, key):
   if n >= m:
     return None, None
   p = sampling.leverage_probabilities(scores, n)
-  idx = sampling.systematic_indices(key, p, n)
+  idx, filled = sampling.systematic_indices(key, p, n)
   p_kept = p[idx]
-  inverse = jnp.where(p_kept > 0, 1.0 / jnp.where(p_kept > 0, p_kept, 1.0), 0.0)  # p=0: zero row
+  keep = filled & (p_kept > 0)  # empty slots (padded batches) and p = 0 rows weigh nothing
+  inverse = jnp.where(keep, 1.0 / jnp.where(keep, p_kept, 1.0), 0.0)
   return idx, inverse
 
 
@@ -172,13 +177,10 @@ def _int4_matmul(config: Int4Config, xh, wh, scales, key):
 
 
 def _forward(config, xh, wh, scales, key):
-  qmin, qmax = config.qrange
-  _check_length(xh.shape[1], max(-qmin, qmax), max(-qmin, qmax), "forward")
+  op_max = _operand_max(config)
+  _check_length(xh.shape[1], op_max, op_max, "forward")
   xq, sx, wq, sw = forward_quantize(xh, wh, config, scales)
-  if config.scale_mode == "group":
-    y = grouped.forward(xq, sx, wq, sw, config.scale_group, config.backend)
-  else:
-    y = backend.scaled_gemm(config.backend)(xq, wq, ((1,), (0,)), sx, sw)
+  y = backend.scaled_gemm(config.backend)(xq, wq, ((1,), (0,)), sx, sw)
   lsq = (xh, wh, scales) if config.scale_mode == "lsq" else None
   return y, (xq, sx, wq, sw, key, lsq)
 
@@ -189,19 +191,20 @@ def _backward(config, residuals, dy):
     raise ValueError(validation.missing_key_message(config))
   key_dx, key_dw, key_lss = backward_keys(key)
   dy = dy.astype(jnp.float32)
-  if config.scale_mode == "group":
-    return _grouped_backward(config, xq, sx, wq, sw, dy, key_dx, key_dw, key_lss)
   sgemm, igemm = backend.scaled_gemm(config.backend), backend.int_gemm(config.backend)
   g_dx = dy * sw
   g_dw = dy * sx
-  col_finite = jnp.all(jnp.isfinite(g_dw), axis=0, keepdims=True)
-  g_dw, x_rows = sample_rows(g_dw, xq, config, key_lss)
   if config.grad_mode == "float":
+    # A NaN row poisons its dW column; sampling may drop the row, so mark the columns first.
+    col_finite = jnp.all(jnp.isfinite(g_dw), axis=0, keepdims=True)
+    g_dw, x_rows = sample_rows(g_dw, xq, config, key_lss)
     dxh = g_dx @ wq.astype(jnp.float32).T
-    dwh = x_rows.astype(jnp.float32).T @ g_dw
+    dwh = jnp.where(col_finite, x_rows.astype(jnp.float32).T @ g_dw, jnp.nan)
   else:
-    qmin, qmax = config.qrange
-    g_max, x_max = _grad_int_max(config), max(-qmin, qmax)
+    # A non-finite column of g_dw gets a NaN quantizer scale, so its dW column is NaN. Sampling
+    # always keeps such a row (its score is not finite, so p = 1).
+    g_dw, x_rows = sample_rows(g_dw, xq, config, key_lss)
+    g_max, x_max = _grad_int_max(config), _operand_max(config)
     _check_length(g_dx.shape[1], g_max, x_max, "dX")
     _check_length(g_dw.shape[0], g_max, x_max, "dW")
     # dX = Q(g_dx) Wq^T: Q's scales are per row of dX; dW = Xq^T Q(g_dw): per column of dW.
@@ -211,46 +214,12 @@ def _backward(config, residuals, dy):
     dwh = _quantized_product(
         g_dw, 0, lambda a, s: (igemm(x_rows, a, ((0,), (0,))) if s is None else
                                sgemm(x_rows, a, ((0,), (0,)), None, s)), config, key_dw)
-  dwh = jnp.where(col_finite, dwh, jnp.nan)
   if lsq is None:
     return dxh, dwh, None, None
   xh, wh, (sx_lsq, sw_lsq) = lsq
   dxh, dsx = _lsq_backward(xh, sx_lsq, dxh, config)
   dwh, dsw = _lsq_backward(wh, sw_lsq, dwh, config)
   return dxh, dwh, (dsx, dsw), None
-
-
-def _grouped_backward(config, xq, sx, wq, sw, dy, key_dx, key_dw, key_lss):
-  """The backward of scale_mode="group" (int4jax/grouped.py): dY is scaled and quantized once per
-  scale group, then one batched integer GEMM per backward product."""
-  qmin, qmax = config.qrange
-  group = config.scale_group
-  if config.grad_mode == "float":
-    quantize_dx = quantize_dw = None
-  else:
-    g_max = _grad_int_max(config)
-    _check_length(dy.shape[1], g_max, max(-qmin, qmax), "dX")
-    _check_length(dy.shape[0], g_max, max(-qmin, qmax), "dW")
-    # The fused bit split is the abs-max quantizer on [-V, V] (see _quantized_product).
-    lo, hi = (-g_max, g_max) if config.grad_mode == "bitsplit" else (qmin, qmax)
-    stochastic = config.stochastic_rounding
-    quantize_dx = lambda g, axis: grouped.quantize_copies(
-        g, axis, lo, hi, key_dx if stochastic else None)
-    quantize_dw = lambda g, axis: grouped.quantize_copies(
-        g, axis, lo, hi, key_dw if stochastic else None)
-  dxh = grouped.backward_dx(dy[None] * sw[:, None, :], wq, group, quantize_dx, config.backend)
-  # Column n of group G is finite iff dY[:, n] and s_X[:, G] are (up to a finite*finite
-  # overflow, which gives an Inf in g_dw and so a NaN scale for that column anyway).
-  finite = (jnp.all(jnp.isfinite(dy), axis=0)[None, None, :]
-            & jnp.all(jnp.isfinite(sx), axis=0)[:, None, None])  # (G, 1, N)
-  dy_rows, xq_rows, sx_rows = dy, xq, sx
-  if config.lss != "off":
-    x_norm = jnp.linalg.norm(grouped.dequantize_groups(xq, sx, group, 1), axis=1)
-    scores = jnp.linalg.norm(dy, axis=1) * x_norm
-    dy_rows, xq_rows, sx_rows = apply_plan(sampling_plan(scores, config, key_lss), dy, xq, sx)
-  g_dw = dy_rows[None] * sx_rows.T[:, :, None]
-  dwh = grouped.backward_dw(g_dw, xq_rows, finite, group, quantize_dw, config.backend)
-  return dxh, dwh, None, None
 
 
 def _lsq_backward(t, scale, dt_bar, config):

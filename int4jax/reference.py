@@ -1,12 +1,17 @@
 """A float fake-quant reference of int4_linear, for tests.
 
-It shares only the quantizer functions and the key schedule with the integer op (so the same key
-gives the same rounding noise and rows); everything else is written independently: dequantized
-float values and float GEMMs (precision HIGHEST) instead of int8 GEMMs with a scale epilogue, a
-dense block-diagonal Hadamard matrix (kron(I, H_b)) for the gradients' H^T instead of autodiff,
-and LSQ gradients by autodiff through `lsq_fake_quant` instead of the hand-written backward.
-The forward transform uses `block_hadamard` like the op (tested against the dense matrix
-separately): quantization is discontinuous, so a one-ulp difference in XH could flip a rounding.
+It shares no quantization or sampling code with the integer op. Written independently here:
+the two-level forward quantizer (by explicit per-element multipliers), the dY quantizers (plain
+abs-max rounding on the bit split's combined grid, with the dither rebuilt from its hash
+definition), leverage-score probabilities (iterative water-filling instead of a sort), Bernoulli and
+systematic row sampling (counting points instead of a binary search), float GEMMs at HIGHEST
+precision on dequantized values instead of int8 GEMMs with a scale epilogue, a dense block-diagonal
+Hadamard matrix (kron(I, H_b)) for the gradients' H^T instead of autodiff, and LSQ gradients by
+autodiff through `lsq_fake_quant` instead of the hand-written backward.
+
+Shared with the op: the argument checks, the key schedule (split into dX, dW, sampling keys), and
+the forward transform `block_hadamard` (tested against the dense matrix separately: quantization
+is discontinuous, so a one-ulp difference in XH could flip a rounding).
 """
 
 import functools
@@ -16,9 +21,7 @@ import jax.numpy as jnp
 
 from int4jax import validation
 from int4jax.config import Int4Config
-from int4jax.linear import (apply_plan, backward_keys, forward_quantize, sample_rows,
-                            sampling_plan)
-from int4jax.quantizers import bitsplit, hadamard
+from int4jax.quantizers import hadamard
 from int4jax.quantizers import int4_quant as quantize
 
 _HI = jax.lax.Precision.HIGHEST
@@ -55,44 +58,141 @@ def _transformed(config, x, w):
   return xh, wh, h
 
 
-def _fake_quant_grad(g, reduce_axes, config, key):
+def dither(key, shape):
+  """The op's rounding noise rebuilt from its definition: a hash of (key, flat element index)."""
+  size = 1
+  for d in shape:
+    size *= d
+  k0, k1 = jax.random.bits(key, (2,), jnp.uint32)
+
+  def mix(v):
+    for shift, mult in ((16, 0x7FEB352D), (15, 0x846CA68B)):
+      v = (v ^ (v >> shift)) * jnp.uint32(mult)
+    return v ^ (v >> 16)
+
+  h = mix(mix(jnp.arange(size, dtype=jnp.uint32) ^ k0) + k1)
+  return ((h >> 16).astype(jnp.float32) + 0.5) / 65536.0
+
+
+def fake_quant_rows(t, qmin, qmax, group, levels, per_row, clip_ratio):
+  """Two-level quantization of the rows of t (R, K) along K: (m * q as floats, s (R,))."""
+  r_count, k = t.shape
+  a = jnp.abs(t)
+  rng = a.max(axis=1) if per_row else jnp.full((r_count,), a.max())
+  if clip_ratio is not None:
+    rms = jnp.sqrt(jnp.mean(t * t, axis=1) if per_row else jnp.full((r_count,), jnp.mean(t * t)))
+    rng = jnp.minimum(rng, clip_ratio * rms)
+  finite = jnp.isfinite(t).all(axis=1) if per_row else jnp.full((r_count,), jnp.isfinite(t).all())
+  scale = jnp.where(rng > 0, rng / (qmax * levels), 1.0)
+  scale = jnp.where(finite, scale, jnp.nan)
+  if levels == 1:
+    mult = jnp.ones_like(t)
+  else:
+    gmax = jnp.repeat(a.reshape(r_count, k // group, group).max(axis=2), group, axis=1)
+    safe = jnp.where(finite & (rng > 0), rng, 1.0)
+    mult = jnp.clip(jnp.ceil(levels * gmax / safe[:, None]), 1, levels)
+  q = jnp.clip(jnp.round(t / (scale[:, None] * mult)), qmin, qmax)
+  return jnp.where(finite[:, None], q * mult, 0.0), scale
+
+
+def fake_quant_forward(xh, wh, config: Int4Config, scales):
+  """The forward operands as (integer-valued floats, outer scales): X (M, K) with (M,), and W
+  transposed, (N, K) with (N,). X^ = ints * scale per row."""
   qmin, qmax = config.qrange
-  key = key if config.stochastic_rounding else None
+  if config.scale_mode == "lsq":
+    out = []
+    for t, s in ((xh, scales[0]), (wh.T, scales[1])):
+      s = jnp.where(s > 0, s, jnp.nan)
+      ints = jnp.where(jnp.isfinite(t), jnp.clip(jnp.round(t / s), qmin, qmax), 0.0)
+      out += [ints, jnp.full((t.shape[0],), s)]
+    return tuple(out)
+  settings = (qmin, qmax, config.scale_group, config.scale_levels, config.scale_mode == "row",
+              config.scale_clip)
+  return fake_quant_rows(xh, *settings) + fake_quant_rows(wh.T, *settings)
+
+
+def fake_quant_grad(g, axis, config: Int4Config, key):
+  """Q(g) dequantized, one scale per slice along `axis` (the GEMM's kept dim)."""
   if config.grad_mode == "float":
     return g
-  if config.grad_mode == "bitsplit":
-    return bitsplit.bit_split(g, config.qrange, reduce_axes, key).dequantize()
-  gq, s = quantize.quantize_absmax(g, qmin, qmax, reduce_axes, key)
-  return quantize.dequantize(gq, s)
+  qmin, qmax = config.qrange
+  if config.grad_mode == "bitsplit":  # hi * R + lo on the grid max|g| / V
+    levels_ = (qmax - qmin + 1) * qmax + qmax
+    lo, hi = -levels_, levels_
+  else:
+    lo, hi = qmin, qmax
+  top = jnp.abs(g).max(axis=axis, keepdims=True)
+  scale = jnp.where(top > 0, top / hi, 1.0)
+  v = g / scale
+  if config.stochastic_rounding:
+    v = jnp.floor(v + dither(key, g.shape).reshape(g.shape))
+  else:
+    v = jnp.round(v)
+  finite = jnp.isfinite(g).all(axis=axis, keepdims=True)
+  return jnp.where(finite, jnp.clip(v, lo, hi) * scale, jnp.nan)
+
+
+def water_fill(scores, budget):
+  """p_i = min(1, c s_i), sum p = budget, by fixed-point iteration on the set of capped rows."""
+  bad = ~jnp.isfinite(scores)
+  s = jnp.where(bad, 0.0, jnp.abs(scores))
+  positive = s > 0
+
+  def step(capped):
+    room = budget - capped.sum()
+    rest = jnp.where(capped, 0.0, s).sum()
+    c = jnp.where(rest > 0, room / jnp.where(rest > 0, rest, 1.0), 0.0)
+    return capped | (positive & (c * s >= 1.0)), c
+
+  def cond(state):
+    capped, prev = state
+    return jnp.any(capped != prev)
+
+  def body(state):
+    capped, _ = state
+    return step(capped)[0], capped
+
+  capped0 = jnp.zeros(s.shape, bool)
+  capped, _ = jax.lax.while_loop(cond, body, (step(capped0)[0], capped0))
+  _, c = step(capped)
+  p = jnp.where(capped, 1.0, jnp.minimum(1.0, c * s))
+  if_all = positive.sum() <= budget
+  p = jnp.where(if_all, positive.astype(jnp.float32), p)
+  return jnp.where(bad, 1.0, p)
+
+
+def sampled_rows(dy_scaled, x_deq, config: Int4Config, key):
+  """(rows of dY * s_X weighted by 1/p, the same rows of x_deq), as the op's sampling picks them
+  (scores ||dY_i s_X,i|| ||x_deq,i||, with x_deq X's integer values)."""
+  m = dy_scaled.shape[0]
+  if config.lss == "off" or m == 0:
+    return dy_scaled, x_deq
+  scores = jnp.linalg.norm(dy_scaled, axis=1) * jnp.linalg.norm(x_deq, axis=1)
+  if config.lss == "nonzero":
+    return dy_scaled * (scores != 0)[:, None], x_deq
+  if config.lss == "bernoulli":
+    p = water_fill(scores, config.lss_budget * m)
+    kept = jax.random.uniform(key, (m,)) < p
+    return dy_scaled * jnp.where(kept, 1.0 / jnp.where(kept, p, 1.0), 0.0)[:, None], x_deq
+  n = max(1, round(config.lss_budget * m))
+  if n >= m:
+    return dy_scaled, x_deq
+  p = water_fill(scores, n)
+  edges = jnp.cumsum(p)
+  total = jnp.minimum(n, jnp.round(edges[-1]))
+  edges = edges / jnp.where(edges[-1] > 0, edges[-1], 1.0) * total
+  points = jax.random.uniform(key, ()) + jnp.arange(n)
+  # Row i holds the points in [edges[i-1], edges[i]); count the edges at or below each point.
+  rows = jnp.minimum((edges[None, :] <= points[:, None]).sum(axis=1), m - 1)
+  weight = jnp.where((points < total) & (p[rows] > 0), 1.0 / p[rows], 0.0)
+  return dy_scaled[rows] * weight[:, None], x_deq[rows]
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
 def _reference(config, x, w, scales, key):
   xh, wh, _ = _transformed(config, x, w)
-  xq, sx, wq, sw = forward_quantize(xh, wh, config, scales)
-  if config.scale_mode == "group":
-    g = config.scale_group
-    return jnp.matmul(xq * jnp.repeat(sx, g, 1), wq * jnp.repeat(sw, g, 0), precision=_HI)
-  return jnp.matmul(quantize.dequantize(xq, sx), quantize.dequantize(wq, sw), precision=_HI)
-
-
-def _grouped_bars(config, xq, sx, wq, sw, dy, key_dx, key_dw, key_lss):
-  """dX~ and dW~ for scale_mode="group", one group at a time in float (the op batches them)."""
-  g, n_groups = config.scale_group, sx.shape[1]
-  x_deq = xq * jnp.repeat(sx, g, 1)
-  plan = sampling_plan(jnp.linalg.norm(dy, axis=1) * jnp.linalg.norm(x_deq, axis=1), config,
-                       key_lss) if config.lss != "off" else (None, None)
-  dy_rows, xq_rows, sx_rows = apply_plan(plan, dy, xq, sx)
-  dx_cols, dw_rows = [], []
-  for j in range(n_groups):
-    cols = slice(j * g, (j + 1) * g)
-    g_dx = _fake_quant_grad(dy * sw[j][None, :], 1, config, key_dx)
-    dx_cols.append(jnp.matmul(g_dx, wq[cols].astype(jnp.float32).T, precision=_HI))
-    g_dw = _fake_quant_grad(dy_rows * sx_rows[:, j:j + 1], 0, config, key_dw)
-    dw = jnp.matmul(xq_rows[:, cols].astype(jnp.float32).T, g_dw, precision=_HI)
-    finite = jnp.all(jnp.isfinite(dy * sx[:, j:j + 1]), axis=0, keepdims=True)
-    dw_rows.append(jnp.where(finite, dw, jnp.nan))
-  return jnp.concatenate(dx_cols, 1), jnp.concatenate(dw_rows, 0)
+  x_int, sx, w_int, sw = fake_quant_forward(xh, wh, config, scales)
+  return jnp.matmul(x_int * sx[:, None], (w_int * sw[:, None]).T, precision=_HI)
 
 
 def _reference_fwd(config, x, w, scales, key):
@@ -103,21 +203,18 @@ def _reference_bwd(config, res, dy):
   x, w, scales, key = res
   if key is None and config.needs_key:
     raise ValueError(validation.missing_key_message(config))
-  key_dx, key_dw, key_lss = backward_keys(key)
+  key_dx, key_dw, key_lss = (None,) * 3 if key is None else tuple(jax.random.split(key, 3))
   xh, wh, h = _transformed(config, x, w)
-  xq, sx, wq, sw = forward_quantize(xh, wh, config, scales)
+  x_int, sx, w_int, sw = fake_quant_forward(xh, wh, config, scales)
   dy = dy.astype(jnp.float32)
-  if config.scale_mode == "group":
-    dx_bar, dw_bar = _grouped_bars(config, xq, sx, wq, sw, dy, key_dx, key_dw, key_lss)
-    dx = jnp.matmul(dx_bar, h, precision=_HI)[:, :x.shape[1]]
-    return dx, jnp.matmul(h, dw_bar, precision=_HI)[:w.shape[0]], None, None
-  g_dx = _fake_quant_grad(dy * sw, 1, config, key_dx)
-  dx_bar = jnp.matmul(g_dx, wq.astype(jnp.float32).T, precision=_HI)
-  dy_sx = dy * sx
-  g_dw, x_rows = sample_rows(dy_sx, xq, config, key_lss)
-  g_dw = _fake_quant_grad(g_dw, 0, config, key_dw)
-  dw_bar = jnp.matmul(x_rows.astype(jnp.float32).T, g_dw, precision=_HI)
-  dw_bar = jnp.where(jnp.all(jnp.isfinite(dy_sx), axis=0, keepdims=True), dw_bar, jnp.nan)
+  # dX~ = Q(dY s_W) W_int^T: W's scale multiplies dX's contraction dim, so it goes into dY first.
+  g_dx = fake_quant_grad(dy * sw[None, :], 1, config, key_dx)
+  dx_bar = jnp.matmul(g_dx, w_int, precision=_HI)
+  dy_sx = dy * sx[:, None]
+  g_rows, x_rows = sampled_rows(dy_sx, x_int, config, key_lss)
+  g_dw = fake_quant_grad(g_rows, 0, config, key_dw)
+  dw_bar = jnp.matmul(x_rows.T, g_dw, precision=_HI)
+  dw_bar = jnp.where(jnp.isfinite(dy_sx).all(axis=0, keepdims=True), dw_bar, jnp.nan)
   if config.scale_mode == "lsq":
     qmin, qmax = config.qrange
     fq = lambda t, s: quantize.lsq_fake_quant(t, s, qmin, qmax)

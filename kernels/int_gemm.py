@@ -1,7 +1,6 @@
 """Integer GEMM on INT4 values held in int8, int32 accumulation: XLA and a reference.
 
-Both take `dimension_numbers` as `lax.dot_general` does (contracting dims only, no batch dims);
-the grouped pair (for per-group scales) takes one batch dim, the scale group.
+Both take the contracting dims as `lax.dot_general` does (no batch dims).
 """
 
 import jax
@@ -57,25 +56,4 @@ def int_gemm_reference(a: jax.Array, b: jax.Array, contracting) -> jax.Array:
   """The same product with both operands widened to int32 first (slow, obviously exact)."""
   check_int8_operands(a, b)
   return lax.dot_general(a.astype(jnp.int32), b.astype(jnp.int32), (contracting, ((), ())),
-                         preferred_element_type=jnp.int32)
-
-
-def _check_grouped(a, b, dimension_numbers):
-  check_int8_operands(a, b)
-  (ca, cb), (ba, bb) = dimension_numbers
-  if len(ba) != 1 or len(ca) != 1 or a.ndim != 3 or b.ndim != 3:
-    raise ValueError(f"grouped integer GEMM takes 3-D operands with one batch and one contracting "
-                     f"dim each, got shapes {a.shape}, {b.shape} and {dimension_numbers}")
-
-
-def grouped_int_gemm_xla(a: jax.Array, b: jax.Array, dimension_numbers) -> jax.Array:
-  """A batch of int8 GEMMs (one per scale group) -> int32, as one lax.dot_general."""
-  _check_grouped(a, b, dimension_numbers)
-  return lax.dot_general(a, b, dimension_numbers, preferred_element_type=jnp.int32)
-
-
-def grouped_int_gemm_reference(a: jax.Array, b: jax.Array, dimension_numbers) -> jax.Array:
-  """The same batch with both operands widened to int32 first."""
-  _check_grouped(a, b, dimension_numbers)
-  return lax.dot_general(a.astype(jnp.int32), b.astype(jnp.int32), dimension_numbers,
                          preferred_element_type=jnp.int32)

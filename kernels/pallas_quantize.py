@@ -34,8 +34,7 @@ from jax.experimental.pallas import triton as plt
 import numpy as np
 
 from int4jax.kernels.layout import pad_to, round_up
-from int4jax.quantizers import hadamard
-from int4jax.quantizers import int4_quant as quantize
+from int4jax.quantizers import hadamard, two_level
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,8 +57,22 @@ def _round_half_even(v):
   return jnp.where(tie & odd, r - 1.0, r)
 
 
+def _group_multipliers(x, safe_range, group, levels):
+  """Per element, its group's multiplier clip(ceil(L * groupmax|x| / R), 1, L) for a tile x
+  (groups first, contraction second): one masked max per group of the chunk (Triton has no
+  reshape), the same float operations as int4jax.quantizers.two_level."""
+  col = lax.broadcasted_iota(jnp.int32, x.shape, 1) // group
+  mult = jnp.zeros(x.shape, jnp.float32)
+  for j in range(x.shape[1] // group):
+    inside = col == j
+    gmax = jnp.max(jnp.where(inside, jnp.abs(x), 0.0), axis=1)
+    m_j = jnp.clip(jnp.ceil(levels * gmax / safe_range), 1.0, float(levels))
+    mult = jnp.where(inside, m_j[:, None], mult)
+  return mult
+
+
 def _kernel(*refs, axis, gather, weighted, stochastic, transform, groups_first, num_chunks,
-            block_red, qmin, qmax):
+            block_red, qmin, qmax, group, levels):
   refs = list(refs)
   s_ref, q_ref = refs.pop(), refs.pop()
   x_ref = refs.pop(0)
@@ -102,17 +115,25 @@ def _kernel(*refs, axis, gather, weighted, stochastic, transform, groups_first, 
 
   zeros = jnp.zeros((block_groups,), jnp.float32)
   amax, bad = lax.fori_loop(0, num_chunks, absmax, (zeros, zeros))
-  scale = jnp.where(amax > 0, amax / qmax, 1.0)
+  scale = jnp.where(amax > 0, amax / (qmax * levels), 1.0)
   scale = jnp.where(bad == 0, scale, jnp.nan)
   s_ref[...] = scale
+  safe_range = jnp.where((bad == 0) & (amax > 0), amax, 1.0)
 
   def store(c, _):
-    v = transformed(c) / scale[:, None]
+    x = transformed(c)
+    if levels > 1:
+      mult = _group_multipliers(x, safe_range, group, levels)
+      v = x / (scale[:, None] * mult)
+    else:
+      v = x / scale[:, None]
     v = jnp.clip(v, float(qmin), float(qmax))
     if stochastic:
       v = jnp.clip(jnp.floor(v + tile(u_ref, c)), float(qmin), float(qmax))
     else:
       v = _round_half_even(v)
+    if levels > 1:
+      v = v * mult
     q = jnp.where(jnp.isfinite(v), v, 0.0).astype(jnp.int8)
     red = pl.ds(pl.multiple_of(c * block_red, block_red), block_red)
     if groups_first:
@@ -129,13 +150,18 @@ def _block_diag_hadamard(block: int, size: int) -> jax.Array:
                      jnp.float32)
 
 
-@functools.partial(jax.jit, static_argnames=("axis", "qmin", "qmax", "hadamard_block",
-                                             "transpose_out", "blocks", "interpret"))
+@functools.partial(jax.jit, static_argnames=("axis", "qmin", "qmax", "hadamard_block", "group",
+                                             "levels", "transpose_out", "blocks", "interpret"))
 def quantize_pallas(x: jax.Array, *, axis: int, qmin: int, qmax: int, hadamard_block: int = 1,
+                    group: int = 16, levels: int = 1,
                     rows: Optional[jax.Array] = None, row_weights: Optional[jax.Array] = None,
                     dither: Optional[jax.Array] = None, transpose_out: bool = False,
                     blocks: QuantizeBlocks = QuantizeBlocks(), interpret: bool = False):
   """(int8 values, float32 scales) of the groups of x (2-D) along `axis`; see the module doc.
+
+  group, levels: two-level scales (int4jax/quantizers/two_level.py): the scale is the row's
+    abs-max / (qmax * levels) and the int8 values are m * q with one multiplier m in 1..levels
+    per `group` consecutive reduced elements; levels=1 is plain abs-max.
 
   rows: optional int32 (R,) indices of dim-0 rows to gather first (x[rows]); row_weights:
     optional (R,) multipliers of those rows. dither: U(0, 1) noise of the gathered shape for
@@ -156,8 +182,11 @@ def quantize_pallas(x: jax.Array, *, axis: int, qmin: int, qmax: int, hadamard_b
   if not hadamard.is_power_of_two(b) or n_red % b:
     raise ValueError(f"hadamard_block={b} must be a power of two dividing the reduced length "
                      f"{n_red}; pad first (int4jax.quantizers.pad_to_block)")
+  if levels > 1 and (not hadamard.is_power_of_two(group) or n_red % group):
+    raise ValueError(f"group={group} must be a power of two dividing the reduced length {n_red}; "
+                     "pad first (int4jax.quantizers.pad_to_block)")
   bg = blocks.block_groups
-  br = max(blocks.block_red, b)
+  br = max(blocks.block_red, b, group if levels > 1 else 1)
   gp, rp = round_up(max(n_groups, 1), bg), round_up(max(n_red, 1), br)
 
   # Zero padding: padded groups are all-zero (scale 1, sliced off); padded reduced entries add
@@ -188,7 +217,7 @@ def quantize_pallas(x: jax.Array, *, axis: int, qmin: int, qmax: int, hadamard_b
   kernel = functools.partial(
       _kernel, axis=axis, gather=rows is not None, weighted=row_weights is not None,
       stochastic=dither is not None, transform=b > 1, groups_first=groups_first,
-      num_chunks=rp // br, block_red=br, qmin=qmin, qmax=qmax)
+      num_chunks=rp // br, block_red=br, qmin=qmin, qmax=qmax, group=group, levels=levels)
   q, scale = pl.pallas_call(
       kernel,
       out_shape=(jax.ShapeDtypeStruct((gp, rp) if groups_first else (rp, gp), jnp.int8),
@@ -207,17 +236,16 @@ def quantize_pallas(x: jax.Array, *, axis: int, qmin: int, qmax: int, hadamard_b
 
 
 def quantize_reference(x: jax.Array, *, axis: int, qmin: int, qmax: int, hadamard_block: int = 1,
-                       rows=None, row_weights=None, dither=None, transpose_out: bool = False):
-  """Pure-jnp meaning of `quantize_pallas`, built from the library's own quantizer pieces."""
+                       group: int = 16, levels: int = 1, rows=None, row_weights=None, dither=None,
+                       transpose_out: bool = False):
+  """Pure-jnp meaning of `quantize_pallas`: the library's own quantizer (gather, weight, block
+  Hadamard, then int4jax.quantizers.two_level)."""
   if rows is not None:
     x = x[rows]
   x = x.astype(jnp.float32)
   if row_weights is not None:
     x = x * row_weights.astype(jnp.float32)[:, None]
   x = hadamard.block_hadamard(x, hadamard_block, axis)
-  scale = quantize.absmax_scale(x, qmax, axis)
-  v = x / scale
-  v = quantize.round_half_even(v) if dither is None else jnp.floor(v + dither)
-  v = jnp.clip(v, qmin, qmax)
-  q = jnp.where(jnp.isfinite(v), v, 0.0).astype(jnp.int8)
+  q, scale = two_level.quantize_two_level(x, axis, qmin, qmax, group=group, levels=levels,
+                                          dither=dither)
   return (q.T if transpose_out else q), scale.reshape(-1)

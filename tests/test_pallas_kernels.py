@@ -113,6 +113,13 @@ QUANT_CASES = {
     # gather + Hadamard + transposed output together, odd lengths
     "mixed": dict(shape=(37, 64), axis=1, qmax=7, hadamard_block=16, gather=21,
                   transpose_out=True),
+    # two-level scales (the default forward): X rows and W columns, group 16, 16 levels
+    "two_level_x": dict(shape=(40, 96), axis=1, qmax=7, hadamard_block=32, levels=16),
+    "two_level_w": dict(shape=(96, 40), axis=0, qmax=7, hadamard_block=32, levels=16,
+                        transpose_out=True),
+    # group 32 spanning two Hadamard blocks of 16, 8 levels, odd row count
+    "two_level_g32": dict(shape=(37, 64), axis=1, qmax=7, hadamard_block=16, levels=8,
+                          group=32),
 }
 
 
@@ -122,7 +129,8 @@ def _quant_args(case, rng):
   x = _activation(rng, shape)
   n_rows = shape[0]
   kw = dict(axis=c["axis"], qmin=-c["qmax"], qmax=c["qmax"],
-            hadamard_block=c.get("hadamard_block", 1), transpose_out=c.get("transpose_out", False))
+            hadamard_block=c.get("hadamard_block", 1), transpose_out=c.get("transpose_out", False),
+            levels=c.get("levels", 1), group=c.get("group", 16))
   if "gather" in c:
     n_rows = c["gather"]
     kw["rows"] = jnp.asarray(rng.integers(0, shape[0], n_rows), jnp.int32)
@@ -141,11 +149,14 @@ def test_fused_quantizer_matches_reference(case):
   assert q.dtype == jnp.int8 and q.shape == q_ref.shape and s.shape == s_ref.shape
   np.testing.assert_array_equal(q, q_ref)
   np.testing.assert_allclose(s, s_ref, rtol=4 * 2 ** -23)
-  assert int(jnp.max(jnp.abs(q))) <= kw["qmax"]
+  assert int(jnp.max(jnp.abs(q))) <= kw["qmax"] * kw["levels"]
+  if kw["levels"] > 1:  # the multipliers are really used
+    assert int(jnp.max(jnp.abs(q))) > kw["qmax"]
 
 
 def test_quantizer_reference_agrees_with_the_library_quantizers():
-  """The kernel's reference is the op's own math: block Hadamard + abs-max per row + RTN."""
+  """The kernel's reference is the op's own math: block Hadamard + abs-max per row + RTN (one
+  level: the plain abs-max quantizer)."""
   from int4jax.quantizers import hadamard
   x = _activation(np.random.default_rng(12), (24, 64))
   q_ref, s_ref = pallas_quantize.quantize_reference(x, axis=1, qmin=-7, qmax=7, hadamard_block=32)

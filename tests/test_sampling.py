@@ -80,8 +80,9 @@ def test_systematic_sampling_has_exact_size_and_inclusion_probabilities():
   n_keep = 10
   p = qz.leverage_probabilities(scores, n_keep)
   keys = jax.random.split(jax.random.key(4), 20000)
-  idx = jax.vmap(lambda k: qz.systematic_indices(k, p, n_keep))(keys)
+  idx, filled = jax.vmap(lambda k: qz.systematic_indices(k, p, n_keep))(keys)
   assert idx.shape == (20000, n_keep)
+  assert bool(jnp.all(filled))  # the budget is below the non-zero rows: every slot is used
   distinct = jax.vmap(lambda r: jnp.unique(r, size=n_keep, fill_value=-1))(idx)
   assert bool(jnp.all(distinct >= 0))  # no row twice
   freq = jnp.zeros(40).at[idx.ravel()].add(1.0) / len(keys)
@@ -89,6 +90,26 @@ def test_systematic_sampling_has_exact_size_and_inclusion_probabilities():
   est = jax.vmap(lambda r: x[r].T @ (g[r] / p[r][:, None]))(idx)
   var = float(jnp.sum(jnp.var(est, 0)))
   assert float(jnp.sum((est.mean(0) - x.T @ g) ** 2)) < 4 * var / len(keys)
+
+
+@pytest.mark.parametrize("nonzero", [3, 10])
+def test_systematic_sampling_on_padded_rows_is_unbiased(nonzero):
+  """Fewer (3) or exactly as many (10) non-zero rows as the budget of 10: each such row is
+  picked exactly once at weight 1, the other slots stay empty (the old rescaling picked p = 1
+  rows twice, inflating the estimate)."""
+  g, x = _rows(jax.random.key(5), m=40)
+  g = g.at[nonzero:].set(0.0)
+  scores = jnp.linalg.norm(g, axis=1) * jnp.linalg.norm(x, axis=1)
+  p = qz.leverage_probabilities(scores, 10)
+  keys = jax.random.split(jax.random.key(6), 2000)
+  idx, filled = jax.vmap(lambda k: qz.systematic_indices(k, p, 10))(keys)
+  assert int(filled.sum(axis=1).min()) == int(filled.sum(axis=1).max()) == nonzero
+  kept = jnp.where(filled, idx, -1)
+  for row in range(nonzero):
+    assert bool(jnp.all(jnp.sum(kept == row, axis=1) == 1)), row
+  weights = jnp.where(filled, 1.0 / p[idx], 0.0)
+  est = jax.vmap(lambda r, wt: x[r].T @ (g[r] * wt[:, None]))(idx, weights)
+  np.testing.assert_allclose(est.mean(0), x.T @ g, rtol=1e-5, atol=1e-5)
 
 
 def test_nonzero_mode_keeps_exactly_the_nonzero_rows():

@@ -1,11 +1,9 @@
 """INT4 fine-tuning of MiniLM-L6 (pretrained BERT) on sentence polarity (Pang & Lee, 4,000).
 
-  python -m experiments.main --task polarity --size cpu     # 8 variants x 3 seeds, on CPU
+  python -m experiments.main --task polarity --size cpu     # every variant x 3 seeds, on CPU
   python -m experiments.main --task polarity --size gpu
 
 Goal (issue 5): int4 within 1.0 accuracy point of fp32; int4-no-hadamard visibly worse.
-Measured on CPU (3 seeds, test accuracy): fp32 81.9; int4 -2.0; int4-group -1.25 (the best
-variant; the goal is missed by 0.25); int4-no-hadamard -18.3.
 Results: experiments/results/bert_polarity.{json,md,png}.
 """
 

@@ -55,8 +55,10 @@ def block_hadamard(x: jax.Array, block_size: int, axis: int = -1) -> jax.Array:
   if after == 1:  # last axis: a plain batched matmul is fastest
     blocks = x.reshape(before, n // block_size, block_size)
     return jnp.matmul(blocks, h, precision=hi).reshape(x.shape)
-  blocks = x.reshape(before, n // block_size, block_size, after)  # no transpose needed
-  return jnp.einsum("pgbq,bc->pgcq", blocks, h, precision=hi).reshape(x.shape)
+  # H is symmetric, so H @ block along a leading axis: a batched left multiply with no transpose
+  # (XLA:CPU lowers the equivalent einsum with layout copies, ~2x slower).
+  blocks = x.reshape(before, n // block_size, block_size, after)
+  return jnp.matmul(h, blocks, precision=hi).reshape(x.shape)
 
 
 def padded_size(n: int, block_size: int) -> int:

@@ -7,11 +7,14 @@ p_i proportional to c_i = ||g_i|| ||x_i||, capped at 1 by water-filling so that 
 Three ways to draw the rows:
 - `bernoulli_weights`: independent Bernoulli(p_i) per row (the paper). The number kept is random,
   so under JAX's static shapes the GEMM keeps its size and dropped rows are zeroed.
-- `systematic_indices`: exactly `n` rows with inclusion probabilities exactly p_i (systematic
-  sampling on the cumulative sums), so the GEMM really shrinks to n rows. Also unbiased.
+- `systematic_indices`: `n` row slots with inclusion probabilities exactly p_i (systematic
+  sampling on the cumulative sums), so the GEMM really shrinks to n rows. Also unbiased. When
+  fewer than n rows have a non-zero score (padded batches), the slots past them stay empty.
 - `nonzero_weights`: keep every row with a non-zero score (what the paper's released code does:
   it only skips exactly-zero rows, e.g. padding). Numerically identical to no sampling.
 """
+
+from typing import Tuple
 
 import jax
 import jax.numpy as jnp
@@ -58,16 +61,25 @@ def nonzero_weights(scores: jax.Array) -> jax.Array:
   return jnp.where(scores != 0, 1.0, 0.0)
 
 
-def systematic_indices(key: jax.Array, p: jax.Array, n: int) -> jax.Array:
-  """Exactly `n` distinct row indices, row i included with probability p_i (sum p_i = n, p_i <= 1).
+def systematic_indices(key: jax.Array, p: jax.Array, n: int) -> Tuple[jax.Array, jax.Array]:
+  """n row slots by systematic sampling: (indices (n,), filled (n,) bool).
 
-  One uniform offset u; the points u, u+1, ..., u+n-1 fall into the intervals of the cumulative
-  sums of p, and each interval (length p_i <= 1) holds a point with probability exactly p_i.
+  p: inclusion probabilities, p_i <= 1, summing to n or, when fewer than n rows have a non-zero
+  score (padding), to that count (an integer: those rows all have p = 1). One uniform offset u;
+  the points u, u+1, ..., u+n-1 fall into the intervals of the cumulative sums of p, and each
+  interval (length p_i <= 1) holds a point with probability exactly p_i, so row i is picked
+  with probability p_i and at most once. Points past sum(p) are empty slots (filled=False,
+  index clamped to the last row): give them weight 0.
   """
   if n <= 0:
     raise ValueError(f"systematic_indices needs n >= 1, got {n}")
   cum = jnp.cumsum(p)
-  cum = cum * (n / jnp.where(cum[-1] > 0, cum[-1], 1.0))
+  total = cum[-1]
+  # sum(p) is n or an integer count up to float rounding; snap it so that rounding neither drops
+  # the last point nor adds one.
+  target = jnp.minimum(jnp.float32(n), jnp.round(total))
+  cum = cum * jnp.where(total > 0, target / jnp.where(total > 0, total, 1.0), 0.0)
+  cum = cum.at[-1].set(target)
   points = jax.random.uniform(key, ()) + jnp.arange(n, dtype=jnp.float32)
   idx = jnp.searchsorted(cum, points, side="right")
-  return jnp.minimum(idx, p.shape[0] - 1).astype(jnp.int32)
+  return jnp.minimum(idx, p.shape[0] - 1).astype(jnp.int32), points < target
