@@ -68,7 +68,9 @@ def main(argv=None):
     exact = x2 @ w
     row = {"layer": path, "in": int(x2.shape[1]),
            "max|x| / rms": round(float(np.abs(x2).max() / np.sqrt((x2 ** 2).mean())), 1),
-           "searched block": int(search_hadamard_block(jnp.asarray(x2), w))}
+           "searched block (default quantizer)": int(search_hadamard_block(
+               jnp.asarray(x2), w, group=Int4Config().scale_group,
+               levels=Int4Config().scale_levels))}
     for name, c in CONFIGS.items():
       y = int4_linear(jnp.asarray(x2), w, config=c)
       row[name] = round(float(jnp.linalg.norm(y - exact) / jnp.linalg.norm(exact)), 4)
@@ -78,6 +80,13 @@ def main(argv=None):
            f"{args.sentences} polarity train sentences, {int(tokens.sum())} tokens",
            "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
   lines += ["| " + " | ".join(str(r[h]) for h in header) + " |" for r in rows]
+  kinds = sorted({r["layer"].split("/", 1)[1] for r in rows})
+  lines += ["", "mean per layer type:", "| layer type | " + " | ".join(CONFIGS) + " |",
+            "|" + "---|" * (len(CONFIGS) + 1)]
+  for kind in kinds:
+    of_kind = [r for r in rows if r["layer"].split("/", 1)[1] == kind]
+    lines.append(f"| {kind} | " + " | ".join(
+        f"{np.mean([r[n] for r in of_kind]):.4f}" for n in CONFIGS) + " |")
   means = {n: round(float(np.mean([r[n] for r in rows])), 4) for n in CONFIGS}
   lines.append(f"\nmean relative output error over the {len(rows)} layers: {json.dumps(means)}")
   text = "\n".join(lines)

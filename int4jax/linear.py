@@ -12,8 +12,11 @@ INT4 value times its group's integer multiplier, so the scales left outside are 
 the backward reuses the same operands. Q(dY) is the bit split (or plain INT4, or no
 quantization). Every scale that multiplies a contraction dim (s_W for dX, s_X and 1/p for dW) is
 folded into dY before it is quantized, so the remaining scales are rank-1 and apply after the
-integer GEMM. Residuals: the int8 Xq, Wq and their scales (plus XH, HW in float for LSQ, whose
-gradient needs the rounding residuals).
+integer GEMM. Folding 1/p in is also the lower-variance form: leverage scores make the weighted
+rows alike in size, while quantizing unweighted rows and reweighting afterwards amplifies the
+rounding noise of low-p rows (experiments/lss_variance.py, results/lss_variance.md).
+Residuals: the int8 Xq, Wq and their scales (plus XH, HW in float for LSQ, whose gradient needs
+the rounding residuals).
 
 Int32 accumulation is exact while the contraction length K satisfies
 K * max|a| * max|b| <= 2^31 - 1. With A = max|m * q| = 7 L (8 L for int_range="full"):

@@ -54,3 +54,17 @@ def all_dots(jaxpr):
 
   visit(jaxpr.jaxpr)
   return found
+
+
+def intermediate_shapes(jaxpr):
+  """The shape of every value a (closed) jaxpr computes, sub-jaxprs included."""
+  shapes = []
+
+  def visit(jx):
+    for eqn in jx.eqns:
+      shapes.extend(tuple(v.aval.shape) for v in eqn.outvars if hasattr(v.aval, "shape"))
+      for sub in jex.core.jaxprs_in_params(eqn.params):
+        visit(sub)
+
+  visit(jaxpr.jaxpr)
+  return shapes

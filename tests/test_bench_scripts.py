@@ -41,3 +41,24 @@ def test_bench_linear_writes_every_row(tmp_path, backends):
   rows = {r["backend"]: r for r in _load(tmp_path, "bench_linear")["rows"]}
   assert set(rows) == {"xla-bf16", "int4-xla", "int4-mosaic"}
   assert rows["int4-xla"]["median_ms"] > 0 and "Hopper" in rows["int4-mosaic"]["error"]
+
+
+def test_bench_cpu_linear_times_every_variant_in_one_process(tmp_path):
+  from experiments import bench_cpu_linear
+  out = tmp_path / "cpu.json"
+  result = bench_cpu_linear.main(["--tokens", "64", "--size", "32", "--repeats", "2",
+                                  "--out", str(out)])
+  assert json.load(open(out)) == result
+  names = [r["variant"] for r in result["rows"]]
+  assert names[0] == "float32" and "int4 default" in names
+  assert all(r["median_ms"] > 0 for r in result["rows"])
+
+
+def test_lss_variance_reports_both_forms(tmp_path):
+  from experiments import lss_variance
+  out = tmp_path / "lss.md"
+  lss_variance.main(["--draws", "2", "--out", str(out)])
+  rows = json.loads(out.read_text().strip().splitlines()[-1])
+  assert {r["lss"] for r in rows} == {"off", "bernoulli", "systematic"}
+  for r in rows:
+    assert r["fold (the op)"] > 0 and r["after (float bound)"] > 0

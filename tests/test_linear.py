@@ -1,6 +1,7 @@
 """int4_linear: the INT4 op against its fake-quant reference, full precision, and JAX transforms."""
 
 import functools
+import math
 
 import chex
 import jax
@@ -9,7 +10,8 @@ import numpy as np
 import pytest
 
 from int4jax import Int4Config, int4_linear, int4_linear_reference
-from tests.helpers import all_dots, cosine, integer_dots, make_xw, rel_err
+from tests.helpers import (all_dots, cosine, integer_dots, intermediate_shapes, make_xw,
+                           rel_err)
 
 KEY = jax.random.key(42)
 CONFIGS = {
@@ -159,12 +161,19 @@ def test_fused_and_two_int4_gemm_bit_split_are_identical():
   chex.assert_trees_all_equal(fused, split)
 
 
-def test_grad_jaxpr_has_three_integer_gemms():
-  x, w = make_xw(32, 64, 16)
-  loss = lambda x, w: jnp.sum(int4_linear(x, w, key=KEY) ** 2)
+@pytest.mark.parametrize("config", [Int4Config(), Int4Config(scale_levels=1),
+                                    Int4Config(scale_group=32, lss="systematic")])
+def test_grad_jaxpr_has_three_integer_gemms(config):
+  """One int8 x int8 -> int32 GEMM per product for every scale setting, and no per-group partial
+  products: no value is larger than the biggest operand or output (a (G, M, N) stack would be)."""
+  m, k, n = 32, 128, 48
+  x, w = make_xw(m, k, n)
+  loss = lambda x, w: jnp.sum(int4_linear(x, w, key=KEY, config=config) ** 2)
   jaxpr = jax.make_jaxpr(jax.grad(loss, argnums=(0, 1)))(x, w)
   int_dots = integer_dots(jaxpr)
   assert len(int_dots) == 3, [str(e) for e in all_dots(jaxpr)]
+  largest = max(math.prod(s) for s in intermediate_shapes(jaxpr))
+  assert largest <= max(m * k, k * n, m * n), largest
   # The float dot_generals left are the 32-wide Hadamard blocks, never the big product.
   for eqn in all_dots(jaxpr):
     if eqn not in int_dots:

@@ -18,3 +18,8 @@ def test_ci_runs_the_readme_test_command():
   first_block = re.search(r"```bash\n(.*?)```", README, re.S).group(1)
   test_command = first_block.strip().splitlines()[1].split("#")[0].strip()
   assert test_command in (ROOT / ".ci" / "run").read_text()
+
+
+def test_measured_tables_are_generated_from_the_results_files():
+  from experiments import readme_tables
+  assert readme_tables.render(README) == README, "run python -m experiments.readme_tables"

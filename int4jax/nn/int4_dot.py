@@ -50,7 +50,8 @@ def resolve_block(owner: nn.Module, x2: jax.Array, w2: jax.Array, config: Int4Co
   matrix = owner.variable(
       STATE_COLLECTION, "hadamard",
       lambda: hadamard.hadamard_matrix(block_search.search_hadamard_block(
-          x2, w2, config.scale_mode, config.qrange)))
+          x2, w2, config.scale_mode, config.qrange, group=config.scale_group,
+          levels=config.scale_levels)))
   return matrix.value.shape[0]
 
 

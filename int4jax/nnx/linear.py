@@ -62,8 +62,9 @@ class Linear(nnx.Linear):
           "int4jax.nnx.calibrate(model, batch) (or the model once) outside nnx.jit / nnx.grad")
     config = self.config
     if self.hadamard_block is None:
-      self.hadamard_block = block_search.search_hadamard_block(x2, kernel, config.scale_mode,
-                                                               config.qrange)
+      self.hadamard_block = block_search.search_hadamard_block(
+          x2, kernel, config.scale_mode, config.qrange, group=config.scale_group,
+          levels=config.scale_levels)
     if config.scale_mode == "lsq":
       b, (_, qmax) = self.hadamard_block, config.qrange
       xh = hadamard.block_hadamard(hadamard.pad_to_block(x2.astype(jnp.float32), b, 1), b, 1)

@@ -12,3 +12,5 @@ from int4jax.quantizers.sampling import (bernoulli_weights, leverage_probabiliti
                                          nonzero_weights, systematic_indices)
 from int4jax.quantizers.block_search import (block_errors, candidate_blocks,
                                              search_hadamard_block)
+from int4jax.quantizers.two_level import (dequantize_two_level, fits_int8, max_operand,
+                                          quantize_two_level)

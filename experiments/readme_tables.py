@@ -1,0 +1,96 @@
+"""The README's measured tables, generated from the committed results files (never typed).
+
+  python -m experiments.readme_tables          # rewrite the marked blocks of README.md
+  python -m experiments.readme_tables --check  # exit 1 if README.md is out of date
+
+Each block sits between `<!-- NAME:start -->` and `<!-- NAME:end -->` in README.md:
+  bert-summary   experiments/results/bert_summary.md (python -m experiments.report --summary ...)
+  bert-goal      the default's paired gap to fp32 per task, from experiments/results/bert_*.json
+  layer-errors   the mean row of experiments/results/bert_layer_errors.md
+  cpu-bench      experiments/results/bench_cpu_linear.json
+"""
+
+import argparse
+import json
+import pathlib
+import re
+import sys
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "experiments" / "results"
+
+
+def layer_errors_table(text: str) -> str:
+  means = json.loads(re.search(r"mean relative output error over the \d+ layers: (\{.*\})",
+                               text).group(1))
+  layers = re.search(r"over the (\d+) layers", text).group(1)
+  lines = [f"| forward quantizer | mean relative error ({layers} layers) |", "|---|---:|"]
+  lines += [f"| {name} | {value:.4f} |" for name, value in means.items()]
+  return "\n".join(lines) + "\n"
+
+
+def cpu_bench_table(result: dict) -> str:
+  x, w = result["shape"]["x"], result["shape"]["kernel"]
+  lines = [f"{result['date']}, jax {result['jax_version']}, {result['device']}; jitted fwd+bwd "
+           f"of x {tuple(x)} @ kernel {tuple(w)}, median ms, variants interleaved:", "",
+           "| variant | ms | × float32 |", "|---|---:|---:|"]
+  lines += [f"| {r['variant']} | {r['median_ms']:.1f} | {r['ratio_vs_float32']:.3f} |"
+            for r in result["rows"]]
+  return "\n".join(lines) + "\n"
+
+
+GOAL_POINTS = 1.0  # the fidelity goal: |int4 - fp32| <= 1.0 point with the default config
+
+
+def bert_goal_lines(results) -> str:
+  lines = []
+  for r in results:
+    v = r["variants"].get("int4")
+    if v is None or "vs_fp32" not in v:
+      lines.append(f"- **{r['task']}**: the default `int4` has no runs yet.")
+      continue
+    gap, seeds = v["vs_fp32"], len(v["vs_fp32_seeds"])
+    verdict = ("met" if abs(gap) <= GOAL_POINTS else
+               f"missed by {abs(gap) - GOAL_POINTS:.2f}")
+    lines.append(f"- **{r['task']}**: default `int4` vs fp32 {gap:+.2f} ± {v['vs_fp32_std']:.2f} "
+                 f"points (paired, {seeds} seed{'s' if seeds != 1 else ''}); the goal "
+                 f"|gap| ≤ {GOAL_POINTS} is {verdict}.")
+  return "\n".join(lines) + "\n"
+
+
+def blocks() -> dict:
+  return {
+      "bert-summary": (RESULTS / "bert_summary.md").read_text(),
+      "bert-goal": bert_goal_lines([json.loads((RESULTS / f"{t}.json").read_text())
+                                    for t in ("bert_polarity", "bert_uncertainty")]),
+      "layer-errors": layer_errors_table((RESULTS / "bert_layer_errors.md").read_text()),
+      "cpu-bench": cpu_bench_table(json.loads((RESULTS / "bench_cpu_linear.json").read_text())),
+  }
+
+
+def render(readme: str) -> str:
+  for name, body in blocks().items():
+    pattern = re.compile(rf"(<!-- {name}:start -->\n).*?(<!-- {name}:end -->)", re.S)
+    if not pattern.search(readme):
+      raise ValueError(f"README.md has no <!-- {name}:start/end --> block")
+    readme = pattern.sub(lambda m: m.group(1) + body + m.group(2), readme)
+  return readme
+
+
+def main(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__)
+  parser.add_argument("--check", action="store_true")
+  args = parser.parse_args(argv)
+  path = ROOT / "README.md"
+  old = path.read_text()
+  new = render(old)
+  if args.check:
+    if new != old:
+      print("README.md is out of date: run python -m experiments.readme_tables")
+      sys.exit(1)
+    return
+  path.write_text(new)
+
+
+if __name__ == "__main__":
+  main()
