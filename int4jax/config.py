@@ -53,8 +53,8 @@ class Int4Config:
   # Number of multiplier levels L: m * q must fit int8 (L <= 18; L <= 16 for int_range="full").
   scale_levels: int = 16
   # Clip the outer scale's range at clip_ratio * RMS of the row instead of its abs-max (MSE
-  # clipping: after the Hadamard rows are near Gaussian, and abs-max wastes levels on the tail).
-  # None: abs-max (nothing clips).
+  # clipping for near-Gaussian rows). None: abs-max, nothing clips; clipping raised the error on
+  # MiniLM's real layers (experiments/results/bert_layer_errors.md), so it is off.
   scale_clip: Optional[float] = None
   # INT4 range: "symmetric" [-7, 7] (the paper's text) or "full" [-8, 7] (its released code).
   int_range: Literal["symmetric", "full"] = "symmetric"

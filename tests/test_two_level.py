@@ -169,3 +169,15 @@ def test_two_level_default_lowers_the_layer_error():
          for lv in (1, 16)}
   assert Int4Config().scale_levels == 16 and Int4Config().scale_group == 16
   assert err[16] < 0.8 * err[1], err
+
+
+def test_config_errors_name_the_fix():
+  with pytest.raises(ValueError, match="scale_levels"):
+    Int4Config(scale_mode="group")  # the retired per-group-GEMM mode
+  with pytest.raises(ValueError, match="scale_levels=1"):
+    Int4Config(scale_mode="lsq")  # LSQ learns one step per tensor
+  assert Int4Config.paper().scale_levels == 1
+  with pytest.raises(ValueError, match="scale_clip"):
+    Int4Config(scale_clip=0.0)
+  with pytest.raises(ValueError, match="power of two"):
+    Int4Config(scale_group=12)
