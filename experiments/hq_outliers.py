@@ -18,6 +18,7 @@ CONFIGS = {
     "HQ32 per-tensor": Int4Config(scale_mode="tensor", scale_levels=1),
     "HQ32 per-row": Int4Config(scale_levels=1),
     "HQ128 per-row": Int4Config(hadamard_block=128, scale_levels=1),
+    "two-level g16 L16 (no HQ)": Int4Config(hadamard_block=1),
     "HQ32 two-level g16 L16 (default)": Int4Config(),
 }
 
@@ -28,7 +29,7 @@ def main():
   w = jax.random.normal(kw, (512, 256)) / 512 ** 0.5
   channels = jax.random.choice(kc, 512, (8,), replace=False)
   print(f"date {datetime.date.today()}, jax {jax.__version__}, {jax.devices()[0].device_kind}")
-  print(f"{'config':26s} " + " ".join(f"{'x' + str(m):>8s}" for m in (1, 20, 100)))
+  print(f"{'config':34s} " + " ".join(f"{'x' + str(m):>8s}" for m in (1, 20, 100)))
   for name, config in CONFIGS.items():
     errs = []
     for magnitude in (1.0, 20.0, 100.0):
@@ -36,7 +37,7 @@ def main():
       exact = x @ w
       errs.append(float(jnp.linalg.norm(int4_linear(x, w, config=config) - exact)
                         / jnp.linalg.norm(exact)))
-    print(f"{name:26s} " + " ".join(f"{e:8.3f}" for e in errs))
+    print(f"{name:34s} " + " ".join(f"{e:8.3f}" for e in errs))
 
 
 if __name__ == "__main__":
