@@ -129,9 +129,9 @@ def test_sampling_half_of_equal_rows_costs_gradient_accuracy():
   assert cos_off > 0.97 and 0.5 < cos_lss < 0.85, (cos_off, cos_lss)
 
 
-@pytest.mark.parametrize("levels", [1, 16])
-@pytest.mark.parametrize("lss", ["off", "nonzero", "bernoulli", "systematic"])
-@pytest.mark.parametrize("zero_rows", [0, 44])
+@pytest.mark.parametrize("lss,levels,zero_rows", [
+    (lss, 16, zero_rows) for lss in ("off", "nonzero", "bernoulli", "systematic")
+    for zero_rows in (0, 44)] + [("bernoulli", 1, 44), ("systematic", 1, 44)])
 def test_dw_is_unbiased_over_keys(lss, levels, zero_rows):
   """E over keys of dW (stochastic bit split + sampling) = the unquantized-dY estimator, also on
   a padded batch: 44 of 64 dY rows exactly zero, fewer non-zero rows than the budget of 16."""
