@@ -197,16 +197,15 @@ def _backward(config, residuals, dy):
   sgemm, igemm = backend.scaled_gemm(config.backend), backend.int_gemm(config.backend)
   g_dx = dy * sw
   g_dw = dy * sx
+  # A NaN row poisons its dW column. Quantized, that column's scale is NaN (sampling always
+  # keeps such a row: its score is not finite, so p = 1); the float backward marks it here.
+  col_finite = (jnp.all(jnp.isfinite(g_dw), axis=0, keepdims=True)
+                if config.grad_mode == "float" else None)
+  g_dw, x_rows = sample_rows(g_dw, xq, config, key_lss)
   if config.grad_mode == "float":
-    # A NaN row poisons its dW column; sampling may drop the row, so mark the columns first.
-    col_finite = jnp.all(jnp.isfinite(g_dw), axis=0, keepdims=True)
-    g_dw, x_rows = sample_rows(g_dw, xq, config, key_lss)
     dxh = g_dx @ wq.astype(jnp.float32).T
     dwh = jnp.where(col_finite, x_rows.astype(jnp.float32).T @ g_dw, jnp.nan)
   else:
-    # A non-finite column of g_dw gets a NaN quantizer scale, so its dW column is NaN. Sampling
-    # always keeps such a row (its score is not finite, so p = 1).
-    g_dw, x_rows = sample_rows(g_dw, xq, config, key_lss)
     g_max, x_max = _grad_int_max(config), _operand_max(config)
     _check_length(g_dx.shape[1], g_max, x_max, "dX")
     _check_length(g_dw.shape[0], g_max, x_max, "dW")

@@ -75,7 +75,7 @@ def uniform_dither(key: jax.Array, shape) -> jax.Array:
 
   Element e (its row-major flat index, mod 2^32) gets h = mix(mix(e ^ k0) + k1) with (k0, k1) =
   `dither_seed(key)`, and u = ((h >> 16) + 0.5) / 2^16. Counter-based, so it is elementwise (XLA
-  fuses it into the quantizer: ~10x cheaper than threefry bits on CPU) and a kernel can rebuild
+  fuses it into the quantizer, with no separate random-bits pass) and a kernel can rebuild
   it from the global index alone. Stochastic rounding with it is unbiased to within 2^-17 of a
   step.
   """
