@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from experiments import bert
+from experiments.models import bert
 from experiments.data import corpora, pipeline
 from int4jax import Int4Config, int4_linear
 from int4jax.quantizers import search_hadamard_block

@@ -18,7 +18,7 @@ import shutil
 
 import numpy as np
 
-from experiments import bert
+from experiments.models import bert
 from experiments.data import corpora, tfds_corpora
 
 

@@ -24,7 +24,8 @@ import numpy as np
 import optax
 
 import int4jax
-from experiments import bert, variants
+from experiments import variants
+from experiments.models import bert
 from experiments.configs.base import ExperimentConfig
 from experiments.data import corpora, pipeline
 

@@ -11,7 +11,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from experiments import bert, report, train, variants
+from experiments import report, train, variants
+from experiments.models import bert
 from experiments.configs import TASKS, get_config
 from experiments.data import corpora, pipeline, tfds_corpora
 from tests import experiment_fixtures as fx

@@ -9,7 +9,7 @@ DIR defaults to $INT4JAX_DATA_DIR or ~/.cache/int4jax.
 import argparse
 import time
 
-from experiments import bert
+from experiments.models import bert
 from experiments.data import corpora, tfds_corpora
 
 
