@@ -22,8 +22,8 @@ fi
 status=0
 python3 -m pytest -q -rs -m gpu tests/test_gpu_kernels.py 2>&1 | tee "$OUT/gpu_tests.txt" \
   || status=1
-python3 -m experiments.bench_gemm --out "$OUT" 2>&1 | tee "$OUT/bench_gemm.txt" || status=1
-python3 -m experiments.bench_linear --out "$OUT" 2>&1 | tee "$OUT/bench_linear.txt" || status=1
+python3 -m experiments.benchmarks.gemm --out "$OUT" 2>&1 | tee "$OUT/bench_gemm.txt" || status=1
+python3 -m experiments.benchmarks.linear --out "$OUT" 2>&1 | tee "$OUT/bench_linear.txt" || status=1
 # Mosaic GPU prints the SASS of each kernel it compiles when asked to.
 MOSAIC_GPU_DUMP_SASS=1 python3 - > "$OUT/mosaic_sass.txt" 2>&1 <<'PY' || status=1
 import jax.numpy as jnp

@@ -14,7 +14,8 @@ quantization). Every scale that multiplies a contraction dim (s_W for dX, s_X an
 folded into dY before it is quantized, so the remaining scales are rank-1 and apply after the
 integer GEMM. Folding 1/p in is also the lower-variance form: leverage scores make the weighted
 rows alike in size, while quantizing unweighted rows and reweighting afterwards amplifies the
-rounding noise of low-p rows (experiments/lss_variance.py, results/lss_variance.md).
+rounding noise of low-p rows (experiments/analysis/lss_variance.py,
+experiments/results/lss_variance.md).
 Residuals: the int8 Xq, Wq and their scales (plus XH, HW in float for LSQ, whose gradient needs
 the rounding residuals).
 

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from experiments import bench_gemm, bench_linear
+from experiments.benchmarks import gemm, linear
 
 ROW_KEYS = {"op", "backend", "shape", "median_ms", "tflops", "speedup_vs_bf16"}
 
@@ -22,8 +22,8 @@ def _load(tmp_path, name):
 
 
 def test_bench_gemm_writes_every_row(tmp_path):
-  bench_gemm.main(["--sizes", "64", "--repeats", "2", "--backends", "pallas", "mosaic",
-                   "--out", str(tmp_path)])
+  gemm.main(["--sizes", "64", "--repeats", "2", "--backends", "pallas", "mosaic",
+             "--out", str(tmp_path)])
   result = _load(tmp_path, "bench_gemm")
   rows = {r["backend"]: r for r in result["rows"]}
   assert set(rows) == {"xla-bf16", "xla-fp8-e4m3", "xla-int8", "xla-int8+dequant", "pallas",
@@ -36,18 +36,18 @@ def test_bench_gemm_writes_every_row(tmp_path):
 
 @pytest.mark.parametrize("backends", [["xla", "mosaic"]])
 def test_bench_linear_writes_every_row(tmp_path, backends):
-  bench_linear.main(["--shapes", "64,32,32", "--repeats", "2", "--backends", *backends,
-                     "--out", str(tmp_path)])
+  linear.main(["--shapes", "64,32,32", "--repeats", "2", "--backends", *backends,
+               "--out", str(tmp_path)])
   rows = {r["backend"]: r for r in _load(tmp_path, "bench_linear")["rows"]}
   assert set(rows) == {"xla-bf16", "int4-xla", "int4-mosaic"}
   assert rows["int4-xla"]["median_ms"] > 0 and "Hopper" in rows["int4-mosaic"]["error"]
 
 
 def test_bench_cpu_linear_times_every_variant_in_one_process(tmp_path):
-  from experiments import bench_cpu_linear
+  from experiments.benchmarks import cpu_linear
   out = tmp_path / "cpu.json"
-  result = bench_cpu_linear.main(["--tokens", "64", "--size", "32", "--repeats", "2",
-                                  "--out", str(out)])
+  result = cpu_linear.main(["--tokens", "64", "--size", "32", "--repeats", "2",
+                            "--out", str(out)])
   assert json.load(open(out)) == result
   names = [r["variant"] for r in result["rows"]]
   assert names[0] == "float32" and "int4 default" in names
@@ -55,7 +55,7 @@ def test_bench_cpu_linear_times_every_variant_in_one_process(tmp_path):
 
 
 def test_lss_variance_reports_both_forms(tmp_path):
-  from experiments import lss_variance
+  from experiments.analysis import lss_variance
   out = tmp_path / "lss.md"
   lss_variance.main(["--draws", "2", "--out", str(out)])
   rows = json.loads(out.read_text().strip().splitlines()[-1])

@@ -1,6 +1,6 @@
 """Linear layer fwd+bwd benchmark, all quantization included: bf16 XLA vs int4_linear per backend.
 
-  python -m experiments.bench_linear [--shapes 8192,4096,4096 16384,4096,16384] [--out DIR]
+  python -m experiments.benchmarks.linear [--shapes 8192,4096,4096 16384,4096,16384] [--out DIR]
 
 One timed unit is y = layer(x, W) plus both backward GEMMs (dX, dW) for a random cotangent,
 jitted. FLOPs counted as 6 * tokens * in * out (three GEMMs) for every row, so TFLOP/s compare
@@ -13,7 +13,7 @@ import argparse
 import jax
 import jax.numpy as jnp
 
-from experiments import bench_common
+from experiments.benchmarks import timer
 from int4jax import Int4Config, backend, int4_linear
 
 
@@ -37,28 +37,27 @@ def main(argv=None):
     t, i, o = (int(v) for v in spec.split(","))
     flops = 6.0 * t * i * o
     sets = []
-    for seed in range(bench_common.ROTATE):
+    for seed in range(timer.ROTATE):
       kx, kw, kc = jax.random.split(jax.random.key(seed), 3)
       sets.append((jax.random.normal(kx, (t, i), jnp.bfloat16),
                    (jax.random.normal(kw, (i, o)) / i ** 0.5).astype(jnp.bfloat16),
                    jax.random.normal(kc, (t, o), jnp.bfloat16), jax.random.fold_in(kc, 1)))
     bf16 = _fwd_bwd(lambda x, w, key: x @ w)
-    bf16_ms = bench_common.median_ms(bf16, sets, args.repeats)
-    rows.append(bench_common.row("linear fwd+bwd", "xla-bf16", (t, i, o), bf16_ms, flops,
-                                 bf16_ms))
+    bf16_ms = timer.median_ms(bf16, sets, args.repeats)
+    rows.append(timer.row("linear fwd+bwd", "xla-bf16", (t, i, o), bf16_ms, flops, bf16_ms))
     print(rows[-1], flush=True)
     for name in args.backends:
       try:
         backend.describe_backend(name)  # raises, with the reason, where it cannot run
         cfg = Int4Config(backend=name)
         step = _fwd_bwd(lambda x, w, key, cfg=cfg: int4_linear(x, w, key=key, config=cfg))
-        ms = bench_common.median_ms(step, sets, args.repeats)
-        rows.append(bench_common.row("linear fwd+bwd", f"int4-{name}", (t, i, o), ms, flops,
-                                     bf16_ms))
+        ms = timer.median_ms(step, sets, args.repeats)
+        rows.append(timer.row("linear fwd+bwd", f"int4-{name}", (t, i, o), ms, flops,
+                              bf16_ms))
       except Exception as e:
-        rows.append(bench_common.failed_row("linear fwd+bwd", f"int4-{name}", (t, i, o), e))
+        rows.append(timer.failed_row("linear fwd+bwd", f"int4-{name}", (t, i, o), e))
       print(rows[-1], flush=True)
-  path = bench_common.write_results(rows, "bench_linear", args.out)
+  path = timer.write_results(rows, "bench_linear", args.out)
   print(open(path.replace(".json", ".md")).read())
 
 

@@ -1,6 +1,6 @@
 """GEMM benchmark, all in one run: XLA bf16, XLA int8 (cuBLAS), XLA fp8 e4m3, and our kernels.
 
-  python -m experiments.bench_gemm [--sizes 2048 4096 8192] [--repeats 30] [--out DIR]
+  python -m experiments.benchmarks.gemm [--sizes 2048 4096 8192] [--repeats 30] [--out DIR]
 
 Every integer row computes C = (A_int8 @ B_int8) * row_scale * col_scale -> bf16, so the XLA
 int8 row includes its separate dequantization pass ("xla-int8+dequant") as well as the bare GEMM
@@ -17,7 +17,7 @@ import jax.numpy as jnp
 from jax import lax
 import numpy as np
 
-from experiments import bench_common
+from experiments.benchmarks import timer
 from int4jax import backend
 
 NT = ((1,), (1,))  # A (M, K) . B^T (N, K)
@@ -42,15 +42,15 @@ def main(argv=None):
     int4 = lambda rng, s: jnp.asarray(rng.integers(-8, 8, s), jnp.int8)
     sets_i8 = [(*_inputs(n, int4, seed), jnp.asarray(np.random.default_rng(seed).random((n, 1)),
                                                      jnp.float32) + 0.5,
-                jnp.full((1, n), 0.01, jnp.float32)) for seed in range(bench_common.ROTATE)]
+                jnp.full((1, n), 0.01, jnp.float32)) for seed in range(timer.ROTATE)]
     sets_bf16 = [tuple(x.astype(jnp.bfloat16) for x in s[:2]) for s in sets_i8]
     sets_fp8 = [tuple(x.astype(jnp.float8_e4m3fn) for x in s[:2]) for s in sets_i8]
 
     def dot(a, b, out=None):
       return lax.dot_general(a, b, (NT, ((), ())), preferred_element_type=out)
 
-    bf16_ms = bench_common.median_ms(lambda a, b: dot(a, b), sets_bf16, args.repeats)
-    rows.append(bench_common.row("gemm", "xla-bf16", shape, bf16_ms, flops, bf16_ms))
+    bf16_ms = timer.median_ms(lambda a, b: dot(a, b), sets_bf16, args.repeats)
+    rows.append(timer.row("gemm", "xla-bf16", shape, bf16_ms, flops, bf16_ms))
     candidates = {
         "xla-fp8-e4m3": (lambda a, b: dot(a, b, jnp.float32).astype(jnp.bfloat16), sets_fp8),
         "xla-int8": (lambda a, b, r, c: dot(a, b, jnp.int32), sets_i8),
@@ -71,15 +71,15 @@ def main(argv=None):
           want = (dot(a, b, jnp.int32).astype(jnp.float32) * r * c).astype(jnp.bfloat16)
           if not bool(jnp.array_equal(fn(a, b, r, c), want)):
             raise RuntimeError("result differs from XLA's")
-        ms = bench_common.median_ms(fn, sets, args.repeats)
-        rows.append(bench_common.row("gemm", name, shape, ms, flops, bf16_ms))
+        ms = timer.median_ms(fn, sets, args.repeats)
+        rows.append(timer.row("gemm", name, shape, ms, flops, bf16_ms))
       except Exception as e:  # a backend that fails is reported as a row, not dropped
-        rows.append(bench_common.failed_row("gemm", name, shape, e))
+        rows.append(timer.failed_row("gemm", name, shape, e))
       print(rows[-1], flush=True)
     hlo = jax.jit(lambda a, b: dot(a, b, jnp.int32)).lower(*sets_i8[0][:2]).compile().as_text()
     hlo_targets[str(n)] = sorted(set(re.findall(r'custom_call_target="([^"]+)"', hlo)))
-  path = bench_common.write_results(rows, "bench_gemm", args.out,
-                                    {"xla_int8_dot_custom_call_targets": hlo_targets})
+  path = timer.write_results(rows, "bench_gemm", args.out,
+                             {"xla_int8_dot_custom_call_targets": hlo_targets})
   print(open(path.replace(".json", ".md")).read())
 
 

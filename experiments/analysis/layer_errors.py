@@ -1,6 +1,6 @@
 """Forward error of each INT4 quantizer on the real activations of MiniLM-L6's linear layers.
 
-  python -m experiments.bert_layer_errors [--sentences 64] [--out FILE]
+  python -m experiments.analysis.layer_errors [--sentences 64] [--out FILE]
 
 Feeds polarity training sentences through the float model, records every Dense layer's input,
 and reports, per layer and config, ||int4_linear(x, W) - x W|| / ||x W|| (forward only, no

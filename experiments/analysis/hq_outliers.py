@@ -1,6 +1,6 @@
 """Forward relative error of int4_linear vs float on activations with outlier channels.
 
-  python -m experiments.hq_outliers
+  python -m experiments.analysis.hq_outliers
 
 x (256, 512) Gaussian with 8 channels scaled by 1, 20 or 100; kernel (512, 256) Gaussian.
 """

@@ -1,6 +1,7 @@
 """CPU timing: jitted fwd+bwd of int4_linear vs the same float32 `x @ kernel`, one process.
 
-  python -m experiments.bench_cpu_linear [--tokens 4096] [--size 2048] [--repeats 20] [--out FILE]
+  python -m experiments.benchmarks.cpu_linear [--tokens 4096] [--size 2048] [--repeats 20] \\
+      [--out FILE]
 
 Prints a table and writes JSON (date, device, jax version, per-config median ms and the ratio
 to float32). On CPU the int8 x int8 -> int32 dot runs through XLA's integer GEMM.
@@ -10,28 +11,11 @@ import argparse
 import datetime
 import json
 import platform
-import statistics
-import time
 
 import jax
 
+from experiments.benchmarks import timer
 from int4jax import Int4Config, int4_linear
-
-
-def time_interleaved(fns, args_list, repeats):
-  """Median ms of each of `fns` (name -> jitted fn), timed round-robin so that a slow spell of a
-  shared CPU hits every variant alike."""
-  for fn in fns.values():  # compile and warm up
-    for args in args_list:
-      jax.block_until_ready(fn(*args))
-  times = {name: [] for name in fns}
-  for i in range(repeats):
-    args = args_list[i % len(args_list)]  # rotate inputs
-    for name, fn in fns.items():
-      start = time.perf_counter()
-      jax.block_until_ready(fn(*args))
-      times[name].append((time.perf_counter() - start) * 1e3)
-  return {name: statistics.median(t) for name, t in times.items()}
 
 
 def main(argv=None):
@@ -64,8 +48,8 @@ def main(argv=None):
       "int4 grad_mode=float": lambda x, w, key: int4_linear(
           x, w, key=key, config=Int4Config(grad_mode="float")),
   }
-  rows = time_interleaved({name: fwd_bwd(fn) for name, fn in variants.items()}, inputs,
-                          args.repeats)
+  rows = timer.time_interleaved({name: fwd_bwd(fn) for name, fn in variants.items()}, inputs,
+                                args.repeats)
   base = rows["float32"]
   result = {
       "date": datetime.date.today().isoformat(),

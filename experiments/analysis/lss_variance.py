@@ -1,6 +1,6 @@
 """Where 1/p goes in leverage-score sampling: dW's variance for each unbiased form.
 
-  python -m experiments.lss_variance [--draws 200] [--out FILE]
+  python -m experiments.analysis.lss_variance [--draws 200] [--out FILE]
 
 dW = Xq^T diag(s_X / p) Q(dY) over the kept token rows. The op folds s_X and 1/p into dY before
 dY's per-column abs-max ("fold"), so a kept row with a small p (a large weight) sets its

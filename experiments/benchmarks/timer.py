@@ -1,9 +1,12 @@
-"""Shared pieces of the GPU benchmarks: timing, device description, JSON + markdown output.
+"""The benchmarks' one timer, and the GPU benchmarks' device description and JSON + markdown output.
 
-Timing: each candidate is jitted over ROTATE different input sets inside one call (so launch
-overhead is amortised and no two consecutive GEMMs read the same, L2-resident operands), warmed
-up, then timed `repeats` times with block_until_ready; the median is divided by ROTATE. Inputs
-are random, never zeros (a GEMM of zeros can run faster on some hardware).
+GPU timing (median_ms): each candidate is jitted over ROTATE different input sets inside one
+call (so launch overhead is amortised and no two consecutive GEMMs read the same, L2-resident
+operands), warmed up, then timed `repeats` times with block_until_ready; the median is divided
+by ROTATE. Inputs are random, never zeros (a GEMM of zeros can run faster on some hardware).
+
+CPU timing (time_interleaved): several jitted variants timed round-robin, one call each per
+round, so that a slow spell of a shared CPU hits every variant alike.
 """
 
 import datetime
@@ -19,17 +22,34 @@ import jax
 ROTATE = 4
 
 
+def elapsed_ms(fn: Callable, args: Sequence) -> float:
+  """Wall milliseconds of one call `fn(*args)`, up to its results being ready."""
+  start = time.perf_counter()
+  jax.block_until_ready(fn(*args))
+  return (time.perf_counter() - start) * 1e3
+
+
 def median_ms(fn: Callable, args: Sequence, repeats: int, warmup: int = 3) -> float:
   """Median milliseconds of one application of `fn` (called on ROTATE input sets per timing)."""
   many = jax.jit(lambda sets: [fn(*s) for s in sets])
   for _ in range(warmup):
     jax.block_until_ready(many(args))
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    jax.block_until_ready(many(args))
-    times.append((time.perf_counter() - start) * 1e3 / len(args))
-  return statistics.median(times)
+  return statistics.median(elapsed_ms(many, (args,)) / len(args) for _ in range(repeats))
+
+
+def time_interleaved(fns: Dict[str, Callable], args_list: Sequence, repeats: int
+                     ) -> Dict[str, float]:
+  """Median ms of each of `fns` (name -> jitted fn), timed round-robin so that a slow spell of a
+  shared CPU hits every variant alike."""
+  for fn in fns.values():  # compile and warm up
+    for args in args_list:
+      jax.block_until_ready(fn(*args))
+  times = {name: [] for name in fns}
+  for i in range(repeats):
+    args = args_list[i % len(args_list)]  # rotate inputs
+    for name, fn in fns.items():
+      times[name].append(elapsed_ms(fn, args))
+  return {name: statistics.median(t) for name, t in times.items()}
 
 
 def device_info() -> Dict[str, str]:

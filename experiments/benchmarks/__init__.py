@@ -1,0 +1,1 @@
+"""Speed benchmarks of int4_linear and the INT4 GEMM kernels; timer.py is their one timer."""
