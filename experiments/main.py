@@ -1,11 +1,13 @@
 """Run an experiment: every variant x seed of a task config, then its report.
 
-  python -m experiments.main --task polarity [--size cpu|gpu] [--variants fp32 int4]
-                             [--seeds 0 1 2] [--workdir DIR] [--data_dir DIR] [--model_dir DIR]
+  python -m experiments.main --task polarity|uncertainty|shakespeare [--size cpu|gpu|...]
+                             [--variants fp32 int4] [--seeds 0 1 2] [--steps N]
+                             [--workdir DIR] [--data_dir DIR]
 
-Prepares the data on first use (experiments.data.prepare), trains (experiments.train), and
+Prepares the data on first use, trains (experiments.train, the one loop for every task), and
 writes experiments/results/<task>.{json,md,png} with the raw logs (experiments.report). Runs
-that already finished in the workdir are not repeated, so an interrupted command can be rerun.
+that already finished in the workdir are not repeated, and an interrupted run resumes from its
+latest checkpoint, so an interrupted command can simply be rerun.
 """
 
 import argparse
@@ -17,26 +19,23 @@ from experiments.configs import TASKS, get_config
 
 
 def main(argv=None):
-  parser = argparse.ArgumentParser(description=__doc__)
+  parser = argparse.ArgumentParser(description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--task", choices=TASKS, required=True)
-  parser.add_argument("--size", choices=("cpu", "gpu"), default="cpu")
+  parser.add_argument("--size", default="cpu", help="cpu, gpu, or a task's other sizes")
   parser.add_argument("--variants", nargs="+", default=None)
   parser.add_argument("--seeds", nargs="+", type=int, default=None)
+  parser.add_argument("--steps", type=int, default=None, help="training steps (default: config)")
   parser.add_argument("--workdir", default=None)
   parser.add_argument("--data_dir", default=None)
-  parser.add_argument("--model_dir", default=None, help="a HF BERT dir (default: MiniLM-L6)")
   parser.add_argument("--out", default="experiments/results")
   parser.add_argument("--checkpoint_every", type=int, default=50)
   args = parser.parse_args(argv)
   config = get_config(args.task, args.size).replace(checkpoint_every=args.checkpoint_every)
-  if args.variants:
-    config = config.replace(variants=tuple(args.variants))
-  if args.seeds:
-    config = config.replace(seeds=tuple(args.seeds))
-  if args.data_dir:
-    config = config.replace(data_dir=args.data_dir)
-  if args.model_dir:
-    config = config.replace(model_dir=args.model_dir)
+  changes = {"variants": tuple(args.variants) if args.variants else None,
+             "seeds": tuple(args.seeds) if args.seeds else None, "steps": args.steps,
+             "data_dir": args.data_dir}
+  config = config.replace(**{k: v for k, v in changes.items() if v is not None})
   workdir = args.workdir or os.path.join("experiments", "workdir", config.task)
   done = report.collect(workdir)
   todo = [(v, s) for v in config.variants for s in config.seeds if s not in done.get(v, {})]
@@ -44,7 +43,7 @@ def main(argv=None):
         f"{workdir}", flush=True)
   for variant, seed in todo:
     train.train_and_evaluate(config.replace(variants=(variant,), seeds=(seed,)), workdir)
-    report.write_report(config.task, workdir, args.out, config.metric)
+    report.write_report(config, workdir, args.out)
   print(report.markdown(json.load(open(os.path.join(args.out, f"{config.task}.json")))))
 
 

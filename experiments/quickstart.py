@@ -26,7 +26,7 @@ def main(argv=None):
   args = parser.parse_args(argv)
   config = get_config("polarity").replace(
       task="quickstart_polarity", epochs=args.epochs, max_len=args.max_len, seeds=(0,),
-      variants=tuple(args.variants), log_every=5)
+      variants=tuple(args.variants), log_every=5, eval_every=25)
   shutil.rmtree(args.workdir, ignore_errors=True)
   print(f"Fine-tuning MiniLM-L6 on sentence polarity: {config.epochs:g} epoch(s), batch "
         f"{config.batch_size}, max_len {config.max_len}; variants {', '.join(config.variants)}",
@@ -36,12 +36,12 @@ def main(argv=None):
     start = time.time()
     train.train_and_evaluate(config.replace(variants=(variant,)), args.workdir)
     times[variant] = time.time() - start
-  result = report.write_report(config.task, args.workdir, args.workdir, copy_logs=False)
+  result = report.write_report(config, args.workdir, args.workdir, copy_logs=False)
   runs = report.collect(args.workdir)
   print(f"\n{'variant':8s} {'test acc %':>10s} {'F1 %':>7s} {'final loss':>11s} {'ms/step':>8s} "
         f"{'time s':>7s}")
   for variant, entry in result["variants"].items():
-    (steps, losses), _ = report.read_curves(args.workdir, variant)
+    (steps, losses), _, _ = report.read_curves(args.workdir, variant, "accuracy")
     print(f"{variant:8s} {entry['mean']:10.2f} {entry['f1_mean']:7.2f} {losses[-1]:11.4f} "
           f"{runs[variant][0]['step_time_ms']:8.0f} {times[variant]:7.0f}")
   print(f"\nloss and accuracy curves: {os.path.join(args.workdir, config.task + '.png')}")

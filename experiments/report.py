@@ -1,12 +1,19 @@
 """Results of a workdir -> experiments/results/<task>.json, .md and .png, never typed by hand.
 
-  python -m experiments.report --task polarity --workdir experiments/workdir/bert_polarity
-  python -m experiments.report --summary bert_polarity bert_uncertainty   # the README's table
+  python -m experiments.report --task polarity [--size cpu] [--workdir DIR]   # one task
+  python -m experiments.report --summary bert_polarity bert_uncertainty   # README variant table
+  python -m experiments.report --overview    # experiments/results/SUMMARY.md, every task
 
-Reads every <workdir>/<variant>/seed_<s>/summary.json (finished runs) and metrics.jsonl (curves),
-writes {task, metric, higher_is_better, device, jax_version, date, variants: {name: {mean, std,
-seeds, seed_ids, f1_mean, f1_std, step_time_ms, vs_fp32 (paired on shared seeds)}}}, a markdown table generated from that JSON, a PNG of the
-loss and eval-accuracy curves of all variants, and copies the raw metrics logs next to them.
+Reads every <workdir>/<variant>/seed_<s>/summary.json (finished runs) and metrics.jsonl (curves)
+and writes:
+  <task>.json  {task, title, metric, higher_is_better, metric_scale, device, jax_version, date,
+               variants: {name: {mean, std, seeds, seed_ids, <extra>_mean, <extra>_std,
+               step_time_ms, vs_fp32, vs_fp32_std, vs_fp32_rel (%), vs_fp32_seeds}}}: values are
+               metric * metric_scale (accuracy in %); vs_fp32 is paired on the seeds both ran
+  <task>.md    a table generated from that JSON
+  <task>.png   training loss and the evaluation metric over training, per variant
+  logs/<task>/ the raw metrics logs
+The metric and its direction come from the task (experiments.tasks); nothing assumes accuracy.
 """
 
 import argparse
@@ -15,13 +22,22 @@ import glob
 import json
 import os
 import shutil
-from typing import Dict
+from typing import Dict, List
 
 import jax
 import numpy as np
 
-from experiments.configs import get_config
+from experiments import tasks
+from experiments.configs import TASKS, get_config
 from experiments.variants import VARIANTS
+
+# The paper's INT4 (HQ+LSS) minus FP on the analogous task (Xi et al. 2023, tables 1-3), for
+# SUMMARY.md. GPT: the paper reports throughput, not accuracy.
+PAPER_GAPS = {
+    "bert_polarity": ("GLUE dev avg, BERT-base fine-tuning", "-1.86 points"),
+    "bert_uncertainty": ("GLUE dev avg, BERT-base fine-tuning", "-1.86 points"),
+    "gpt_shakespeare": ("GPT-2 pre-training", "not reported (throughput only)"),
+}
 
 
 def collect(workdir: str) -> Dict[str, Dict[int, Dict]]:
@@ -33,44 +49,80 @@ def collect(workdir: str) -> Dict[str, Dict[int, Dict]]:
   return runs
 
 
-def summarize(task: str, metric: str, runs: Dict[str, Dict[int, Dict]]) -> Dict:
-  out = {"task": task, "metric": metric, "higher_is_better": True,
+def summarize(config, runs: Dict[str, Dict[int, Dict]]) -> Dict:
+  """The results JSON of `config`'s runs (see the module doc)."""
+  task = tasks.task_for(config)
+  metric, scale = task.metric, task.metric_scale
+  out = {"task": config.task, "title": config.title, "metric": metric,
+         "higher_is_better": task.higher_is_better, "metric_scale": scale,
          "device": f"{jax.devices()[0].device_kind} ({os.cpu_count()} cores)"
                    if jax.default_backend() == "cpu" else jax.devices()[0].device_kind,
          "jax_version": jax.__version__,
          "date": datetime.date.today().isoformat(), "variants": {}}
   for variant in [v for v in VARIANTS if v in runs]:
     seeds = sorted(runs[variant])
-    vals = np.array([runs[variant][s][metric] for s in seeds]) * 100
-    f1 = np.array([runs[variant][s]["f1"] for s in seeds]) * 100
+    vals = np.array([runs[variant][s][metric] for s in seeds]) * scale
     times = [runs[variant][s]["step_time_ms"] for s in seeds
              if runs[variant][s].get("step_time_ms") is not None]
-    out["variants"][variant] = {
-        "mean": round(float(vals.mean()), 2), "std": round(float(vals.std()), 2),
-        "seeds": [round(float(v), 2) for v in vals], "seed_ids": seeds,
-        "f1_mean": round(float(f1.mean()), 2), "f1_std": round(float(f1.std()), 2),
-        "step_time_ms": round(float(np.median(times)), 1) if times else None}
+    entry = {"mean": round(float(vals.mean()), 4), "std": round(float(vals.std()), 4),
+             "seeds": [round(float(v), 4) for v in vals], "seed_ids": seeds}
+    for extra in task.extra_metrics:
+      x = np.array([runs[variant][s][extra] for s in seeds]) * scale
+      entry[f"{extra}_mean"], entry[f"{extra}_std"] = (round(float(x.mean()), 4),
+                                                       round(float(x.std()), 4))
+    entry["step_time_ms"] = round(float(np.median(times)), 1) if times else None
     if "fp32" in runs and variant != "fp32":
       # paired on the seeds both ran, so a variant with fewer seeds is compared like for like
       shared = [s for s in seeds if s in runs["fp32"]]
       if shared:
-        diffs = np.array([runs[variant][s][metric] - runs["fp32"][s][metric] for s in shared])
-        out["variants"][variant]["vs_fp32"] = round(float(diffs.mean() * 100), 2)
-        out["variants"][variant]["vs_fp32_std"] = round(float(diffs.std() * 100), 2)
-        out["variants"][variant]["vs_fp32_seeds"] = shared
+        ours = np.array([runs[variant][s][metric] for s in shared]) * scale
+        base = np.array([runs["fp32"][s][metric] for s in shared]) * scale
+        entry["vs_fp32"] = round(float((ours - base).mean()), 4)
+        entry["vs_fp32_std"] = round(float((ours - base).std()), 4)
+        entry["vs_fp32_rel"] = round(float(100 * (ours - base).mean() / base.mean()), 3)
+        entry["vs_fp32_seeds"] = shared
+    out["variants"][variant] = entry
   return out
 
 
+def _fmt(result: Dict, x: float) -> str:
+  """2 decimals for accuracy-like metrics (in %), 4 for losses."""
+  return f"{x:.2f}" if result.get("higher_is_better", True) else f"{x:.4f}"
+
+
+def _metric_name(result: Dict) -> str:
+  unit = " (%)" if result.get("metric_scale", 1.0) == 100.0 else ""
+  better = "higher" if result.get("higher_is_better", True) else "lower"
+  return f"{result['metric']}{unit}, {better} is better"
+
+
+def _signed(result: Dict, x: float) -> str:
+  text = _fmt(result, x)
+  return text if text.startswith("-") else "+" + text
+
+
+def _delta(result: Dict, v: Dict) -> str:
+  """The paired gap to fp32; for a lower-is-better metric (a loss) also relative to fp32."""
+  if "vs_fp32" not in v:
+    return "—"
+  rel = f" ({v['vs_fp32_rel']:+.2f}%)" if not result.get("higher_is_better", True) else ""
+  return _signed(result, v["vs_fp32"]) + rel
+
+
 def markdown(result: Dict) -> str:
-  lines = [f"# {result['task']}: {result['metric']} (%) on the test split",
-           "", f"{result['device']}, jax {result['jax_version']}, {result['date']}", "",
-           f"| variant | {result['metric']} mean ± std | vs fp32 (same seeds) | F1 mean ± std | "
-           "seeds | ms/step |", "|---|---:|---:|---:|---|---:|"]
+  extras = [k[:-5] for k in next(iter(result["variants"].values()), {}) if k.endswith("_mean")]
+  lines = [f"# {result.get('title') or result['task']}: {_metric_name(result)}", "",
+           f"`{result['task']}`; {result['device']}, jax {result['jax_version']}, "
+           f"{result['date']}", "",
+           f"| variant | {result['metric']} mean ± std | vs fp32 (same seeds) | "
+           + "".join(f"{e} mean ± std | " for e in extras) + "seeds | ms/step |",
+           "|---|---:|---:|" + "---:|" * len(extras) + "---|---:|"]
   for name, v in result["variants"].items():
-    delta = f"{v['vs_fp32']:+.2f}" if "vs_fp32" in v else "—"
-    lines.append(f"| {name} | {v['mean']:.2f} ± {v['std']:.2f} | {delta} | "
-                 f"{v['f1_mean']:.2f} ± {v['f1_std']:.2f} | "
-                 f"{', '.join(f'{s:.2f}' for s in v['seeds'])} | {v['step_time_ms']} |")
+    lines.append(f"| {name} | {_fmt(result, v['mean'])} ± {_fmt(result, v['std'])} | "
+                 f"{_delta(result, v)} | "
+                 + "".join(f"{_fmt(result, v[e + '_mean'])} ± {_fmt(result, v[e + '_std'])} | "
+                           for e in extras)
+                 + f"{', '.join(_fmt(result, s) for s in v['seeds'])} | {v['step_time_ms']} |")
   lines += ["", "mean ± std over the seeds listed (population std); ms/step is each run's median "
             "training-step time, comparable only between runs that had the machine to "
             "themselves."]
@@ -90,59 +142,104 @@ def summary_table(results) -> str:
       if v is None:
         cells.append("—")
         continue
-      delta = (f" ({v['vs_fp32']:+.2f} ± {v.get('vs_fp32_std', 0.0):.2f})"
+      f = lambda x: _fmt(r, x)
+      delta = (f" ({_signed(r, v['vs_fp32'])} ± {f(v.get('vs_fp32_std', 0.0))})"
                if "vs_fp32" in v else "")
       n = len(v['seeds'])
-      cells.append(f"{v['mean']:.2f} ± {v['std']:.2f}{delta} [{n} seed{'s' if n != 1 else ''}]")
+      cells.append(f"{f(v['mean'])} ± {f(v['std'])}{delta} [{n} seed{'s' if n != 1 else ''}]")
     lines.append(f"| `{name}` | " + " | ".join(cells) + " |")
   return "\n".join(lines) + "\n"
 
 
-def read_curves(workdir: str, variant: str):
-  losses, evals = {}, {}
+def overview(results: List[Dict]) -> str:
+  """SUMMARY.md: per task, the metric for fp32 and the default int4, the gap, the paper's gap on
+  the analogous task, and ms/step of both on the machine that ran them."""
+  lines = ["# Results summary", "",
+           "Generated by `python -m experiments.report --overview` from the results JSON files; "
+           "each task's own table (`<task>.md`) has every variant. Gap: int4 − fp32, paired on "
+           "shared seeds (relative % for losses).", "",
+           "| task | metric | fp32 | int4 | gap | paper's gap (analogous task) | ms/step fp32 / "
+           "int4 | machine, date |", "|---|---|---:|---:|---:|---|---:|---|"]
+  for r in results:
+    fp, q = r["variants"].get("fp32"), r["variants"].get("int4")
+    cell = lambda v: (f"{_fmt(r, v['mean'])} ± {_fmt(r, v['std'])} [{len(v['seeds'])}]"
+                      if v else "—")
+    gap = _delta(r, q) if q else "—"
+    paper = " ".join(PAPER_GAPS.get(r["task"], ("—", "")))
+    ms = f"{fp['step_time_ms'] if fp else '—'} / {q['step_time_ms'] if q else '—'}"
+    lines.append(f"| {r.get('title') or r['task']} (`{r['task']}`) | {_metric_name(r)} | "
+                 f"{cell(fp)} | {cell(q)} | {gap} | {paper} | {ms} | {r['device']}, "
+                 f"{r['date']} |")
+  lines += ["", "[n]: seeds. ms/step compares fp32 and int4 of one task on one machine only."]
+  return "\n".join(lines) + "\n"
+
+
+def read_curves(workdir: str, variant: str, metric: str):
+  """((steps, mean training loss), (steps, mean eval metric), number of seeds) over seeds."""
+  losses, evals, seeds = {}, {}, 0
   for path in glob.glob(os.path.join(workdir, variant, "seed_*", "metrics.jsonl")):
+    seeds += 1
     for line in open(path):
       r = json.loads(line)
       if "loss" in r:
-        losses.setdefault(r["step"], []).append(r["loss"])
-      if "eval_accuracy" in r:
-        evals.setdefault(r["step"], []).append(r["eval_accuracy"])
+        losses.setdefault(r["step"], []).append(r.get("loss_mean", r["loss"]))
+      if f"eval_{metric}" in r:
+        evals.setdefault(r["step"], []).append(r[f"eval_{metric}"])
   mean = lambda d: (sorted(d), [float(np.mean(d[k])) for k in sorted(d)])
-  return mean(losses), mean(evals)
+  return mean(losses), mean(evals), seeds
 
 
 def plot(result: Dict, workdir: str, path: str) -> None:
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
-  fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4))
-  for variant in result["variants"]:
-    (ls, lv), (es, ev) = read_curves(workdir, variant)
+  metric, scale = result["metric"], result.get("metric_scale", 1.0)
+  curves = {v: read_curves(workdir, v, metric) for v in result["variants"]}
+  seeds = sorted({n for _, _, n in curves.values()})
+  over = (f"seed {result['variants'][next(iter(curves))]['seed_ids'][0]}" if seeds == [1]
+          else f"mean over {' or '.join(map(str, seeds))} seeds")
+  fig, (ax_loss, ax_eval) = plt.subplots(1, 2, figsize=(12, 4.2))
+  one_point = all(len(es) <= 1 for (_, (es, _), _) in curves.values())
+  for i, (variant, ((ls, lv), (es, ev), _)) in enumerate(curves.items()):
     ax_loss.plot(ls, lv, label=variant)
-    ax_acc.plot(es, [100 * v for v in ev], marker="o", label=variant)
-  ax_loss.set(xlabel="step", ylabel="training loss (mean over seeds)", title=result["task"])
-  ax_acc.set(xlabel="step", ylabel=f"eval {result['metric']} (%)", title="evaluation")
+    if one_point and ev:
+      ax_eval.bar(i, ev[0] * scale, label=variant)
+      ax_eval.text(i, ev[0] * scale, _fmt(result, ev[0] * scale), ha="center", va="bottom")
+    elif ev:
+      ax_eval.plot(es, [scale * e for e in ev], marker="o", label=variant)
+  unit = " (%)" if scale == 100.0 else ""
+  ax_loss.set(xlabel="training step", ylabel=f"training loss ({over})", title="training loss")
+  if one_point:
+    ax_eval.set_xticks(range(len(curves)), list(curves), rotation=20, fontsize=8)
+    ax_eval.set(ylabel=f"{metric}{unit}", title=f"final evaluation ({over})")
+    values = [ev[0] * scale for (_, (_, ev), _) in curves.values() if ev]
+    if values:
+      pad = max(0.5 * (max(values) - min(values)), 0.02 * max(abs(x) for x in values))
+      ax_eval.set_ylim(min(values) - 2 * pad, max(values) + pad)
+  else:
+    ax_eval.set(xlabel="training step", ylabel=f"{metric}{unit} ({over})",
+                title="evaluation during training")
   ax_loss.legend(fontsize=8)
-  ax_acc.legend(fontsize=8)
+  fig.suptitle(result.get("title") or result["task"])
   fig.tight_layout()
   fig.savefig(path, dpi=110)
   plt.close(fig)
 
 
-def write_report(task: str, workdir: str, out_dir: str = "experiments/results",
-                 metric: str = "accuracy", copy_logs: bool = True) -> Dict:
+def write_report(config, workdir: str, out_dir: str = "experiments/results",
+                 copy_logs: bool = True) -> Dict:
   runs = collect(workdir)
   if not runs:
     raise FileNotFoundError(f"no finished runs (summary.json) under {workdir}")
-  result = summarize(task, metric, runs)
+  result = summarize(config, runs)
   os.makedirs(out_dir, exist_ok=True)
-  with open(os.path.join(out_dir, f"{task}.json"), "w") as f:
+  with open(os.path.join(out_dir, f"{config.task}.json"), "w") as f:
     json.dump(result, f, indent=1)
-  with open(os.path.join(out_dir, f"{task}.md"), "w") as f:
+  with open(os.path.join(out_dir, f"{config.task}.md"), "w") as f:
     f.write(markdown(result))
-  plot(result, workdir, os.path.join(out_dir, f"{task}.png"))
+  plot(result, workdir, os.path.join(out_dir, f"{config.task}.png"))
   if copy_logs:
-    logs = os.path.join(out_dir, "logs", task)
+    logs = os.path.join(out_dir, "logs", config.task)
     os.makedirs(logs, exist_ok=True)
     for variant, seeds in runs.items():
       for seed in seeds:
@@ -152,11 +249,14 @@ def write_report(task: str, workdir: str, out_dir: str = "experiments/results",
 
 
 def main(argv=None):
-  parser = argparse.ArgumentParser(description=__doc__)
-  parser.add_argument("--task", default=None)
+  parser = argparse.ArgumentParser(description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--task", choices=TASKS, default=None)
   parser.add_argument("--summary", nargs="+", default=None, metavar="TASK",
                       help="print one table of these tasks' results JSON (e.g. bert_polarity "
                            "bert_uncertainty) and write it to <out>/bert_summary.md")
+  parser.add_argument("--overview", action="store_true",
+                      help="write <out>/SUMMARY.md from every task's results JSON")
   parser.add_argument("--size", default="cpu")
   parser.add_argument("--workdir", default=None)
   parser.add_argument("--out", default="experiments/results")
@@ -168,12 +268,20 @@ def main(argv=None):
       f.write(table)
     print(table)
     return
+  if args.overview:
+    names = [get_config(t).task for t in TASKS]
+    results = [json.load(open(os.path.join(args.out, f"{n}.json"))) for n in names
+               if os.path.exists(os.path.join(args.out, f"{n}.json"))]
+    text = overview(results)
+    with open(os.path.join(args.out, "SUMMARY.md"), "w") as f:
+      f.write(text)
+    print(text)
+    return
   if not args.task:
-    parser.error("--task or --summary is required")
+    parser.error("--task, --summary or --overview is required")
   config = get_config(args.task, args.size)
   workdir = args.workdir or os.path.join("experiments", "workdir", config.task)
-  result = write_report(config.task, workdir, args.out, config.metric)
-  print(markdown(result))
+  print(markdown(write_report(config, workdir, args.out)))
 
 
 if __name__ == "__main__":

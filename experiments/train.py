@@ -1,15 +1,19 @@
-"""The one training loop: fine-tune the pretrained BERT classifier, every variant and seed.
+"""The one training loop, for every task (experiments.tasks) and variant (experiments.variants).
 
 `train_and_evaluate(config, workdir)` runs config.variants x config.seeds and returns
 {variant: {seed: run summary}}. Per run (workdir/<variant>/seed_<seed>/):
-  metrics.jsonl   one JSON line per log step (loss, lr, examples/s) and per evaluation
+  metrics.jsonl   a JSON line per logged window (the last step's loss, the window's mean loss,
+                  lr, examples/s) and per evaluation (eval_<metric> for each metric)
   ckpt/           orbax checkpoints every config.checkpoint_every steps; a rerun resumes from the
                   latest and ends bit-identical to a run that never stopped
-  summary.json    final metrics and the median step time
-A run aborts with FloatingPointError on the first non-finite loss.
+  summary.json    final metrics, the median ms/step and what the task adds (e.g. a text sample)
 
-Every variant sees the same data order, dropout masks and classifier init for a given seed: only
-the Dense layers differ, made INT4 by `int4jax.quantize_model` rules (experiments.variants).
+Losses stay on the device and are fetched once per window of config.log_every steps, so the
+host does not wait on every step. A run aborts with FloatingPointError naming the first step
+whose loss is not finite (found when its window is fetched). Evaluation compiles once per run.
+
+Every variant sees the same params init, data order, dropout masks and quantizer keys for a
+given seed: only the linear layers differ, made INT4 by `int4jax.quantize_model` rules.
 """
 
 import json
@@ -19,58 +23,39 @@ import time
 from typing import Dict, Optional
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 
 import int4jax
-from experiments import variants
-from experiments.models import bert
-from experiments.configs.base import ExperimentConfig
-from experiments.data import corpora, pipeline
+from experiments import tasks, variants
 
 
-def load_data(config: ExperimentConfig, tokenizer) -> Dict[str, Dict[str, np.ndarray]]:
-  data_dir = config.data_dir or corpora.default_cache_dir()
-  out = {}
-  for name, split in (("train", config.train_split), ("eval", config.eval_split)):
-    texts, labels = pipeline.load_split(config.dataset, split, data_dir, config.text_key,
-                                        config.label_key)
-    if name == "train" and config.max_train_examples:
-      texts, labels = texts[:config.max_train_examples], labels[:config.max_train_examples]
-    arrays = pipeline.tokenize(tokenizer, texts, config.max_len)
-    arrays["labels"] = labels
-    if labels.min() < 0 or labels.max() >= config.num_classes:
-      raise ValueError(f"{config.dataset}/{split}: labels outside [0, {config.num_classes})")
-    out[name] = arrays
-  return out
-
-
-def build_model(cfg: bert.BertConfig, num_classes: int, variant: str):
-  model = bert.BertClassifier(cfg, num_classes)
-  rules = variants.rules_for(variant)
+def build_model(task, config, data, variant: str):
+  """The task's float model, with the variant's INT4 rules applied (fp32: unchanged)."""
+  model = task.model(config, data)
+  rules = variants.rules_for(variant, task.float_layers, task.layer_groups)
   return model if rules is None else int4jax.quantize_model(model, rules)
 
 
-def cross_entropy(logits, labels):
-  return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32),
-                                                                  labels))
+def total_steps(task, config, data) -> int:
+  if config.steps is not None:
+    return config.steps
+  return max(1, int(round(config.epochs * task.steps_per_epoch(config, data))))
 
 
-def evaluate(model, variables, arrays, batch_size: int) -> Dict[str, float]:
-  """Accuracy and F1 of class 1 over the whole split."""
-  predict = jax.jit(lambda v, ids, mask: jnp.argmax(model.apply(v, ids, mask), axis=-1))
-  preds, labels = [], []
-  for batch in pipeline.eval_batches(arrays, batch_size):
-    p = np.asarray(predict(variables, batch["input_ids"], batch["mask"]))
-    preds.append(p[batch["valid"]])
-    labels.append(batch["labels"][batch["valid"]])
-  preds, labels = np.concatenate(preds), np.concatenate(labels)
-  tp = int(np.sum((preds == 1) & (labels == 1)))
-  precision = tp / max(int(np.sum(preds == 1)), 1)
-  recall = tp / max(int(np.sum(labels == 1)), 1)
-  f1 = 2 * precision * recall / max(precision + recall, 1e-12)
-  return {"accuracy": float(np.mean(preds == labels)), "f1": float(f1)}
+def make_evaluate(task, model):
+  """evaluate(variables, config, data) -> metrics, with the per-batch sums jitted once."""
+  sums_fn = jax.jit(lambda variables, batch: task.eval_sums(model, variables, batch))
+
+  def evaluate(variables, config, data) -> Dict[str, float]:
+    totals = None
+    for batch in task.eval_batches(config, data):
+      sums = jax.device_get(sums_fn(variables, batch))
+      totals = sums if totals is None else jax.tree.map(lambda a, b: a + b, totals, sums)
+    return task.eval_metrics(jax.tree.map(lambda a: a.item(), totals))
+
+  evaluate.compiled = sums_fn  # for tests: its cache size is the number of compilations
+  return evaluate
 
 
 def _checkpointer(path: str):
@@ -79,57 +64,47 @@ def _checkpointer(path: str):
                                options=ocp.CheckpointManagerOptions(max_to_keep=1))
 
 
-def train_one(config: ExperimentConfig, workdir: str, variant: str, seed: int, data,
-              pretrained, *, stop_after: Optional[int] = None, progress: bool = True) -> Dict:
+def _first_bad_loss(losses, first_step: int):
+  for i, loss in enumerate(losses):
+    if not np.isfinite(loss):
+      return first_step + i, float(loss)
+  return None
+
+
+def train_one(config, workdir: str, variant: str, seed: int, data, *,
+              stop_after: Optional[int] = None, progress: bool = True) -> Dict:
   """One (variant, seed) run; see the module doc. stop_after: leave after that many steps (a
   checkpoint is written there when checkpointing is on), as if interrupted."""
-  cfg, encoder_params = pretrained
+  task = tasks.task_for(config)
   run_dir = os.path.join(workdir, variant, f"seed_{seed}")
   os.makedirs(run_dir, exist_ok=True)
-  model = build_model(cfg, config.num_classes, variant)
-  train = data["train"]
-  steps_per_epoch = len(train["labels"]) // config.batch_size
-  if steps_per_epoch == 0:
-    raise ValueError(f"{len(train['labels'])} training examples < batch size {config.batch_size}")
-  total_steps = max(1, int(round(config.epochs * steps_per_epoch)))
-  records = pipeline.as_records(train)
-  epochs = {}
+  model = build_model(task, config, data, variant)
+  steps = total_steps(task, config, data)
+  eval_every = config.eval_every or task.steps_per_epoch(config, data)
 
-  def batch_at(step):
-    epoch = step // steps_per_epoch
-    if epoch not in epochs:
-      epochs.clear()
-      epochs[epoch] = pipeline.epoch_batches(records, config.batch_size, seed, epoch)
-    return epochs[epoch][step % steps_per_epoch]
-
-  # Same classifier init for every variant of a seed; quantizer state from the first batch.
-  params = bert.classifier_params(bert.BertClassifier(cfg, config.num_classes), encoder_params,
-                                  jax.random.key(seed), config.max_len)
-  variables = {"params": params}
-  if variant != "fp32":
-    first = batch_at(0)
-    variables = int4jax.nn.calibrate(model, variables, first["input_ids"], first["mask"])
+  # Same params for every variant of a seed; quantizer state (if any) from the first batch.
+  variables = {"params": task.init_params(config, task.model(config, data), data, seed)}
+  if variants.VARIANTS[variant].config is not None:
+    variables = int4jax.nn.calibrate(model, variables,
+                                     *task.model_inputs(task.train_batch(config, data, seed, 0)))
   params = variables.pop("params")
   others = variables  # non-trainable collections (e.g. a searched Hadamard block)
 
-  schedule = optax.linear_schedule(config.learning_rate, 0.0, total_steps)
-  tx = optax.adamw(schedule, weight_decay=config.weight_decay)
-  state = {"params": params, "opt": tx.init(params), "step": jnp.zeros((), jnp.int32)}
+  tx, schedule = task.optimizer(config, steps)
+  state = {"params": params, "opt": tx.init(params), "step": jax.numpy.zeros((), "int32")}
 
   @jax.jit
   def train_step(state, batch):
     key = jax.random.fold_in(jax.random.key(seed), state["step"])
     k_dropout, k_quant = jax.random.split(key)
-
-    def loss_fn(p):
-      logits = model.apply({"params": p, **others}, batch["input_ids"], batch["mask"],
-                           deterministic=False, rngs={"dropout": k_dropout, "quant": k_quant})
-      return cross_entropy(logits, batch["labels"])
+    loss_fn = lambda p: task.loss(model, {"params": p, **others}, batch,
+                                  {"dropout": k_dropout, "quant": k_quant})
     loss, grads = jax.value_and_grad(loss_fn)(state["params"])
     updates, opt = tx.update(grads, state["opt"], state["params"])
     return {"params": optax.apply_updates(state["params"], updates), "opt": opt,
             "step": state["step"] + 1}, loss
 
+  evaluate = make_evaluate(task, model)
   manager = _checkpointer(os.path.join(run_dir, "ckpt")) if config.checkpoint_every else None
   start = 0
   if manager is not None and manager.latest_step() is not None:
@@ -141,69 +116,72 @@ def train_one(config: ExperimentConfig, workdir: str, variant: str, seed: int, d
     os.remove(metrics_path)
 
   from tqdm import tqdm
-  bar = tqdm(range(start, total_steps), desc=f"{variant} seed {seed}", disable=not progress,
+  bar = tqdm(total=steps, initial=start, desc=f"{variant} seed {seed}", disable=not progress,
              leave=False, dynamic_ncols=True)
-  step_times, window_start, window_examples = [], time.perf_counter(), 0
+  window, window_start, window_ms = [], time.perf_counter(), []
   last_eval = None
   with open(metrics_path, "a") as log:
-    for step in bar:
-      batch = batch_at(step)
-      t0 = time.perf_counter()
-      state, loss = train_step(state, batch)
-      loss = float(loss)  # also waits for the step
-      step_times.append(time.perf_counter() - t0)
-      if not np.isfinite(loss):
-        raise FloatingPointError(f"{variant} seed {seed}: loss is {loss} at step {step}; "
-                                 "aborting the run")
-      window_examples += config.batch_size
-      if (step + 1) % config.log_every == 0 or step + 1 == total_steps:
-        rate = window_examples / (time.perf_counter() - window_start)
-        record = {"step": step + 1, "loss": loss, "lr": float(schedule(step)),
-                  "examples_per_s": round(rate, 1)}
-        log.write(json.dumps(record) + "\n")
-        log.flush()
-        bar.set_postfix(loss=f"{loss:.3f}", ex_s=f"{rate:.0f}")
-        window_start, window_examples = time.perf_counter(), 0
-      if (step + 1) % steps_per_epoch == 0 or step + 1 == total_steps:
-        last_eval = evaluate(model, {"params": state["params"], **others}, data["eval"],
-                             config.batch_size)
-        log.write(json.dumps({"step": step + 1, **{f"eval_{k}": v for k, v in
-                                                    last_eval.items()}}) + "\n")
-        log.flush()
-      if manager is not None and (step + 1) % config.checkpoint_every == 0:
+    write = lambda record: (log.write(json.dumps(record) + "\n"), log.flush())
+    for step in range(start, steps):
+      state, loss = train_step(state, task.train_batch(config, data, seed, step))
+      window.append(loss)
+      done = step + 1
+      if done % config.log_every == 0 or done == steps:
+        losses = [float(x) for x in jax.device_get(window)]  # waits for the window's steps
+        elapsed = time.perf_counter() - window_start
+        bad = _first_bad_loss(losses, done - len(losses) + 1)
+        if bad is not None:
+          raise FloatingPointError(f"{variant} seed {seed}: loss is {bad[1]} at step {bad[0]}; "
+                                   "aborting the run")
+        window_ms.append(1e3 * elapsed / len(losses))
+        write({"step": done, "loss": losses[-1], "loss_mean": float(np.mean(losses)),
+               "lr": float(schedule(step)),
+               "examples_per_s": round(len(losses) * config.batch_size / elapsed, 1)})
+        bar.update(len(losses))
+        bar.set_postfix(loss=f"{np.mean(losses):.3f}")
+        window = []
+      if done % eval_every == 0 or done == steps:
+        last_eval = evaluate({"params": state["params"], **others}, config, data)
+        write({"step": done, **{f"eval_{k}": v for k, v in last_eval.items()}})
+      if manager is not None and done % config.checkpoint_every == 0:
         import orbax.checkpoint as ocp
-        manager.save(step + 1, args=ocp.args.StandardSave(state))
+        manager.save(done, args=ocp.args.StandardSave(state))
         manager.wait_until_finished()
-      if stop_after is not None and step + 1 >= stop_after:
+      if not window:
+        window_start = time.perf_counter()  # evaluation and checkpoints are not step time
+      if stop_after is not None and done >= stop_after:
         bar.close()
-        return {"stopped_at": step + 1, "state": state}
+        return {"stopped_at": done, "state": state}
   bar.close()
-  if last_eval is None:
-    last_eval = evaluate(model, {"params": state["params"], **others}, data["eval"],
-                         config.batch_size)
-  timed = step_times[3:] or step_times  # the first steps include compilation
-  summary = {"variant": variant, "seed": seed, **last_eval, "steps": total_steps,
-             "step_time_ms": round(1e3 * statistics.median(timed), 2) if timed else None}
+  variables = {"params": state["params"], **others}
+  if last_eval is None:  # a resumed run that had nothing left to train
+    last_eval = evaluate(variables, config, data)
+  timed = window_ms[1:] or window_ms  # the first window includes compilation
+  summary = {"variant": variant, "seed": seed, **last_eval, "steps": steps,
+             "step_time_ms": round(statistics.median(timed), 2) if timed else None,
+             **task.finish(config, model, variables, data)}
   with open(os.path.join(run_dir, "summary.json"), "w") as f:
     json.dump(summary, f, indent=1)
   summary["state"] = state
   return summary
 
 
-def train_and_evaluate(config: ExperimentConfig, workdir: str, *, progress: bool = True
+def train_and_evaluate(config, workdir: str, *, progress: bool = True
                        ) -> Dict[str, Dict[int, Dict]]:
   """Every variant x seed of `config`: {variant: {seed: summary}} (summaries without state)."""
-  cfg, encoder_params, tokenizer = bert.load_pretrained(config.model_dir)
-  data = load_data(config, tokenizer)
+  task = tasks.task_for(config)
+  data = task.load(config)
   results = {}
   for variant in config.variants:
     for seed in config.seeds:
-      summary = train_one(config, workdir, variant, seed, data, (cfg, encoder_params),
-                          progress=progress)
+      summary = train_one(config, workdir, variant, seed, data, progress=progress)
       summary.pop("state")
       results.setdefault(variant, {})[seed] = summary
       if progress:
-        print(f"{config.task} {variant:17s} seed {seed}: {config.metric} "
-              f"{summary[config.metric]:.4f}  f1 {summary['f1']:.4f}  "
-              f"{summary['step_time_ms']} ms/step", flush=True)
+        extras = "  ".join(f"{k} {summary[k]:.4f}" for k in task.extra_metrics)
+        print(f"{config.task} {variant:17s} seed {seed}: {task.metric} "
+              f"{summary[task.metric]:.4f}  {extras}  {summary['step_time_ms']} ms/step",
+              flush=True)
+        if "sample" in summary:
+          print(f"sample:\n{summary['sample']}\n", flush=True)
   return results

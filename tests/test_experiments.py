@@ -1,6 +1,7 @@
-"""The experiment framework on tiny data and a tiny BERT the tests make: the BERT port against an
-independent numpy forward, the corpora's splits, one real training step of every config and
-variant, exact resume from a checkpoint, NaN abort, and the report files."""
+"""The experiment framework on tiny data and tiny models the tests make: the BERT port against an
+independent numpy forward, the corpora's splits, one real training step of every task config and
+variant, exact resume from a checkpoint, NaN abort, evaluation compiled once, and the report
+files. The language-modelling task has its own file (test_lm_task.py)."""
 
 import json
 import math
@@ -11,9 +12,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from experiments import report, train, variants
+from experiments import report, tasks, train, variants
+from experiments.configs import TASKS, get_config, sizes
 from experiments.models import bert
-from experiments.configs import TASKS, get_config
 from experiments.data import corpora, pipeline, tfds_corpora
 from tests import experiment_fixtures as fx
 
@@ -22,7 +23,7 @@ from tests import experiment_fixtures as fx
 def workspace(tmp_path_factory):
   root = tmp_path_factory.mktemp("experiments")
   model_dir = fx.write_model_dir(str(root / "model"))
-  data_dir = fx.build_corpora(str(root / "data"))
+  data_dir = fx.build_shakespeare(fx.build_corpora(str(root / "data")))
   return {"root": root, "model_dir": model_dir, "data_dir": data_dir}
 
 
@@ -144,44 +145,65 @@ def test_epoch_batches_are_seeded_and_random_access():
 
 # ---- training ------------------------------------------------------------------------------
 
+TINY_LM = dict(vocab_size=300, seq_len=16, num_layers=1, hidden_size=32, num_heads=2,
+               eval_windows=3, sample_tokens=4)
+
+
 def _tiny(config, workspace, **changes):
-  return config.replace(model_dir=workspace["model_dir"], data_dir=workspace["data_dir"],
-                        batch_size=8, max_len=12, log_every=1, **changes)
+  """`config` shrunk to the tiny data and model, its other fields (optimizer, schedule) kept."""
+  shrink = (dict(model_dir=workspace["model_dir"], max_len=12) if config.kind == "classification"
+            else TINY_LM)
+  return config.replace(**{**dict(data_dir=workspace["data_dir"], batch_size=8, log_every=1),
+                           **shrink, **changes})
 
 
-@pytest.mark.parametrize("task", TASKS)
-@pytest.mark.parametrize("size", ["cpu", "gpu"])
+def _data(config):
+  return tasks.task_for(config).load(config)
+
+
+@pytest.mark.parametrize("task,size", [(t, s) for t in TASKS for s in sizes(t)])
 def test_one_real_training_step_of_every_config(task, size, workspace, tmp_path):
-  """Every config, one optimizer step on tiny data; every variant on one config."""
-  every = (task, size) == ("polarity", "cpu")
-  config = _tiny(get_config(task, size), workspace, epochs=1 / 4, seeds=(0,),
-                 variants=tuple(variants.VARIANTS) if every else ("fp32", "int4"))
+  """Every config, one optimizer step on tiny data; every variant on one config, and on the LM
+  the variants whose rules depend on the task (layer groups, calibrated LSQ scales)."""
+  chosen = {("polarity", "cpu"): tuple(variants.VARIANTS),
+            ("shakespeare", "cpu"): ("fp32", "int4", "int4-paper", "attn-proj-float",
+                                     "mlp-float")}
+  config = _tiny(get_config(task, size), workspace, steps=1, seeds=(0,),
+                 variants=chosen.get((task, size), ("fp32", "int4")))
   results = train.train_and_evaluate(config, str(tmp_path), progress=False)
+  metric = tasks.task_for(config).metric
   assert set(results) == set(config.variants)
   for variant, by_seed in results.items():
     s = by_seed[0]
-    assert s["steps"] == 1 and 0.0 <= s["accuracy"] <= 1.0 and math.isfinite(s["f1"])
+    assert s["steps"] == 1 and math.isfinite(s[metric]), (variant, s)
     lines = [json.loads(x) for x in open(tmp_path / variant / "seed_0" / "metrics.jsonl")]
-    assert math.isfinite(lines[0]["loss"]) and "eval_accuracy" in lines[-1]
+    assert math.isfinite(lines[0]["loss"]) and f"eval_{metric}" in lines[-1]
 
 
-def test_variants_quantize_exactly_the_encoder_dense_layers(workspace):
-  cfg, _, _ = bert.load_pretrained(workspace["model_dir"])
+def test_variants_quantize_exactly_the_block_linear_layers(workspace):
+  config = _tiny(get_config("polarity"), workspace)
+  task, data = tasks.task_for(config), _data(config)
   ids = jnp.ones((2, 8), jnp.int32)
-  plan = train.build_model(cfg, 2, "int4").plan(ids, ids > 0)
-  assert plan["classifier"] is None
-  int4 = [p for p, c in plan.items() if c is not None]
-  assert len(int4) == 6 * cfg.num_layers  # q, k, v, attention output, intermediate, output
-  assert train.build_model(cfg, 2, "fp32").__class__ is bert.BertClassifier
+  plan = lambda v: train.build_model(task, config, data, v).plan(ids, ids > 0)
+  int4 = plan("int4")
+  assert int4["classifier"] is None
+  layers = data["bert"].num_layers
+  assert sum(c is not None for c in int4.values()) == 6 * layers  # q, k, v, out, 2 MLP
+  no_attn = [p for p, c in plan("attn-proj-float").items() if c is not None]
+  assert sorted(p.split("/")[-1] for p in no_attn) == sorted(["intermediate", "output"] * layers)
+  no_mlp = [p for p, c in plan("mlp-float").items() if c is not None]
+  assert len(no_mlp) == 4 * layers and all("/attention/" in p for p in no_mlp)
+  assert train.build_model(task, config, data, "fp32").__class__ is bert.BertClassifier
   with pytest.raises(ValueError, match="unknown variant"):
     variants.rules_for("int3")
+  with pytest.raises(ValueError, match="layer groups"):
+    variants.rules_for("mlp-float", layer_groups={"attn": ".*"})
 
 
 def test_resume_from_checkpoint_is_bit_identical(workspace, tmp_path):
   config = _tiny(get_config("polarity"), workspace, epochs=1.0, checkpoint_every=2)
-  cfg, enc, tok = bert.load_pretrained(workspace["model_dir"])
-  data = train.load_data(config, tok)
-  run = lambda wd, **kw: train.train_one(config, str(wd), "int4-paper", 0, data, (cfg, enc),
+  data = _data(config)
+  run = lambda wd, **kw: train.train_one(config, str(wd), "int4-paper", 0, data,
                                          progress=False, **kw)
   straight = run(tmp_path / "straight")
   assert straight["steps"] == 4
@@ -192,26 +214,51 @@ def test_resume_from_checkpoint_is_bit_identical(workspace, tmp_path):
   assert straight["accuracy"] == resumed["accuracy"]
 
 
-def test_nan_loss_aborts_the_run(workspace, tmp_path):
-  config = _tiny(get_config("polarity"), workspace, epochs=1.0, learning_rate=float("nan"))
-  cfg, enc, tok = bert.load_pretrained(workspace["model_dir"])
-  data = train.load_data(config, tok)
-  with pytest.raises(FloatingPointError, match="loss is nan at step 1"):
-    train.train_one(config, str(tmp_path), "fp32", 0, data, (cfg, enc), progress=False)
+def test_nan_loss_aborts_naming_the_first_bad_step_of_its_window(workspace, tmp_path):
+  """Losses are fetched per window of log_every steps; the abort names the first bad step (the
+  first loss is computed before any update, so a NaN learning rate shows at step 2)."""
+  config = _tiny(get_config("polarity"), workspace, epochs=1.0, log_every=4,
+                 learning_rate=float("nan"))
+  with pytest.raises(FloatingPointError, match="loss is nan at step 2"):
+    train.train_one(config, str(tmp_path), "fp32", 0, _data(config), progress=False)
+
+
+def test_losses_are_logged_per_window(workspace, tmp_path):
+  config = _tiny(get_config("polarity"), workspace, epochs=1.0, log_every=2)
+  train.train_one(config, str(tmp_path), "fp32", 0, _data(config), progress=False)
+  logged = [json.loads(x) for x in open(tmp_path / "fp32" / "seed_0" / "metrics.jsonl")]
+  windows = [r for r in logged if "loss" in r]
+  assert [r["step"] for r in windows] == [2, 4]
+  assert all(math.isfinite(r["loss_mean"]) and r["examples_per_s"] > 0 for r in windows)
+
+
+@pytest.mark.parametrize("task", ["polarity", "shakespeare"])
+def test_evaluation_compiles_once(task, workspace):
+  config = _tiny(get_config(task), workspace, batch_size=3)  # several batches, the last padded
+  if config.kind == "lm":
+    config = config.replace(eval_windows=5)
+  t, data = tasks.task_for(config), _data(config)
+  model = train.build_model(t, config, data, "int4")
+  params = t.init_params(config, t.model(config, data), data, 0)
+  evaluate = train.make_evaluate(t, model)
+  first = evaluate({"params": params}, config, data)
+  assert evaluate({"params": params}, config, data) == first
+  assert len(list(t.eval_batches(config, data))) > 1  # more than one batch, one compilation
+  assert evaluate.compiled._cache_size() == 1
 
 
 def test_report_files_come_from_the_runs(workspace, tmp_path):
   config = _tiny(get_config("uncertainty"), workspace, epochs=0.5, seeds=(0, 1),
                  variants=("fp32", "int4"))
   train.train_and_evaluate(config, str(tmp_path / "wd"), progress=False)
-  result = report.write_report(config.task, str(tmp_path / "wd"), str(tmp_path / "out"))
+  result = report.write_report(config, str(tmp_path / "wd"), str(tmp_path / "out"))
   saved = json.load(open(tmp_path / "out" / f"{config.task}.json"))
   assert saved == result
-  assert {"task", "metric", "higher_is_better", "device", "jax_version", "date",
+  assert {"task", "title", "metric", "higher_is_better", "device", "jax_version", "date",
           "variants"} <= set(saved)
   for v in ("fp32", "int4"):
     entry = saved["variants"][v]
-    assert len(entry["seeds"]) == 2 and {"mean", "std", "step_time_ms"} <= set(entry)
+    assert len(entry["seeds"]) == 2 and {"mean", "std", "f1_mean", "step_time_ms"} <= set(entry)
     assert entry["mean"] == pytest.approx(np.mean(entry["seeds"]), abs=0.01)
   paired = np.mean(np.array(saved["variants"]["int4"]["seeds"])
                    - np.array(saved["variants"]["fp32"]["seeds"]))
@@ -224,6 +271,20 @@ def test_report_files_come_from_the_runs(workspace, tmp_path):
   diffs = (np.array(saved["variants"]["int4"]["seeds"])
            - np.array(saved["variants"]["fp32"]["seeds"]))
   assert saved["variants"]["int4"]["vs_fp32_std"] == pytest.approx(diffs.std(), abs=0.01)
+
+
+def test_lower_is_better_metrics_report_the_relative_gap(workspace, tmp_path):
+  config = _tiny(get_config("shakespeare"), workspace, steps=2, variants=("fp32", "int4"),
+                 seeds=(0,))
+  train.train_and_evaluate(config, str(tmp_path / "wd"), progress=False)
+  result = report.write_report(config, str(tmp_path / "wd"), str(tmp_path / "out"))
+  assert result["metric"] == "val_loss" and result["higher_is_better"] is False
+  fp, q = result["variants"]["fp32"], result["variants"]["int4"]
+  assert q["vs_fp32_rel"] == pytest.approx(100 * (q["mean"] - fp["mean"]) / fp["mean"], abs=1e-2)
+  assert {"perplexity_mean", "perplexity_std"} <= set(q)
+  assert f"({q['vs_fp32_rel']:+.2f}%)" in (tmp_path / "out" / f"{config.task}.md").read_text()
+  summary = report.overview([result])
+  assert f"| {config.title} (`{config.task}`) | val_loss, lower is better |" in summary
 
 
 def test_summary_table_has_one_row_per_variant_and_a_cell_per_task():

@@ -66,15 +66,17 @@ def device_info() -> Dict[str, str]:
           "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
 
 
-def write_results(rows: List[dict], name: str, out_dir: str, extra: Dict = None) -> str:
-  """Writes <out_dir>/<name>.json and <name>.md (the table is generated from the JSON)."""
+def write_results(rows: List[dict], name: str, out_dir: str, extra: Dict = None,
+                  table: Callable[[Dict], str] = None) -> str:
+  """Writes <out_dir>/<name>.json and <name>.md (the table is generated from the JSON by
+  `table`, default markdown_table: the GEMM benchmarks' rows)."""
   os.makedirs(out_dir, exist_ok=True)
   result = {**device_info(), **(extra or {}), "rows": rows}
   path = os.path.join(out_dir, f"{name}.json")
   with open(path, "w") as f:
     json.dump(result, f, indent=1)
   with open(os.path.join(out_dir, f"{name}.md"), "w") as f:
-    f.write(markdown_table(result))
+    f.write((table or markdown_table)(result))
   return path
 
 

@@ -3,12 +3,16 @@
   python -m experiments.main --task uncertainty --size cpu
   python -m experiments.main --task uncertainty --size gpu
 
-Goal (issue 5): int4 within 1.0 accuracy point of fp32; int4-no-hadamard visibly worse.
+Goal: int4 within 1.0 accuracy point of fp32; int4-no-hadamard visibly worse.
 Results: experiments/results/bert_uncertainty.{json,md,png}.
 """
 
-from experiments.configs.base import ExperimentConfig
+from experiments.tasks.classification import ClassificationConfig
+
+SIZES = ("cpu", "gpu")
 
 
-def get_config(size: str = "cpu") -> ExperimentConfig:
-  return ExperimentConfig(task="bert_uncertainty", dataset="uncertainty").sized(size)
+def get_config(size: str = "cpu") -> ClassificationConfig:
+  return ClassificationConfig(task="bert_uncertainty", title="MiniLM-L6 fine-tuned on "
+                              "uncertainty detection", dataset="uncertainty",
+                              max_len={"cpu": 64, "gpu": 128}[size])

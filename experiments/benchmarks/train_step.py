@@ -1,0 +1,88 @@
+"""Training-step time of a task config, fp32 against INT4 variants, with the benchmarks' timer.
+
+  python -m experiments.benchmarks.train_step --task shakespeare --size cpu [--variants fp32 int4]
+
+Builds each variant's model and jitted step exactly as experiments.train does (one real batch,
+the task's optimizer), then times the steps round-robin (benchmarks.timer.time_interleaved), so
+a slow spell of a shared machine hits every variant alike. Prints and writes
+experiments/results/train_step_<task>.{json,md}: median ms per step and the ratio to fp32.
+"""
+
+import argparse
+
+import jax
+import optax
+
+import int4jax
+from experiments import tasks, train
+from experiments.benchmarks import timer
+from experiments.configs import TASKS, get_config
+
+
+def step_fn(task, config, data, variant: str):
+  """(jitted step(state, batch), initial state) of one variant, as the training loop builds it."""
+  model = train.build_model(task, config, data, variant)
+  variables = {"params": task.init_params(config, task.model(config, data), data, 0)}
+  batch = task.train_batch(config, data, 0, 0)
+  if variant != "fp32":
+    variables = int4jax.nn.calibrate(model, variables, *task.model_inputs(batch))
+  params = variables.pop("params")
+  tx, _ = task.optimizer(config, 100)
+
+  @jax.jit
+  def step(state, batch):
+    params, opt, key = state
+    loss_fn = lambda p: task.loss(model, {"params": p, **variables}, batch,
+                                  {"dropout": key, "quant": key})
+    loss, grads = jax.value_and_grad(loss_fn)(params)
+    updates, opt = tx.update(grads, opt, params)
+    return optax.apply_updates(params, updates), opt, jax.random.fold_in(key, 1)
+
+  return step, (params, tx.init(params), jax.random.key(0))
+
+
+def run(config, variants, repeats: int):
+  task = tasks.task_for(config)
+  data = task.load(config)
+  batch = task.train_batch(config, data, 0, 0)
+  fns = {}
+  for v in variants:
+    fn, state = step_fn(task, config, data, v)
+    fns[v] = (lambda f, s: (lambda b: f(s, b)))(fn, state)  # same state every call
+  ms = timer.time_interleaved(fns, [(batch,)], repeats)
+  base = ms.get("fp32")
+  rows = [{"variant": v, "median_ms": round(t, 2),
+           "ratio_vs_fp32": round(t / base, 3) if base else None} for v, t in ms.items()]
+  return rows
+
+
+def markdown(result) -> str:
+  lines = [f"{result['device']}, jax {result['jax_version']}, {result['date']}; "
+           f"`{result['task']}`, batch {result['batch_size']}, median of {result['repeats']} "
+           "steps per variant, variants interleaved", "",
+           "| variant | ms/step | × fp32 |", "|---|---:|---:|"]
+  lines += [f"| {r['variant']} | {r['median_ms']:.1f} | {r['ratio_vs_fp32']} |"
+            for r in result["rows"]]
+  return "\n".join(lines) + "\n"
+
+
+def main(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--task", choices=TASKS, default="shakespeare")
+  parser.add_argument("--size", default="cpu")
+  parser.add_argument("--variants", nargs="+", default=["fp32", "int4"])
+  parser.add_argument("--repeats", type=int, default=10)
+  parser.add_argument("--out", default="experiments/results")
+  args = parser.parse_args(argv)
+  config = get_config(args.task, args.size)
+  rows = run(config, args.variants, args.repeats)
+  for r in rows:
+    print(f"{r['variant']:18s} {r['median_ms']:9.2f} ms/step  x{r['ratio_vs_fp32']} fp32")
+  timer.write_results(rows, f"train_step_{config.task}", args.out,
+                      {"task": config.task, "batch_size": config.batch_size,
+                       "repeats": args.repeats}, markdown)
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,14 @@
+"""Tasks the one training loop runs, by a config's `kind` (experiments.tasks.base.Task)."""
+
+from experiments.tasks.base import Task
+from experiments.tasks.classification import Classification, ClassificationConfig
+from experiments.tasks.lm import LanguageModelling, LMConfig
+
+KINDS = {"classification": Classification, "lm": LanguageModelling}
+
+
+def task_for(config) -> Task:
+  """The Task that runs `config`."""
+  if config.kind not in KINDS:
+    raise ValueError(f"unknown task kind {config.kind!r}; choose from {sorted(KINDS)}")
+  return KINDS[config.kind]()

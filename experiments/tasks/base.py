@@ -1,0 +1,70 @@
+"""Task: what the one training loop (experiments.train) needs to know about a task.
+
+A task owns its data, its float model, its loss, its optimizer and its evaluation. The loop owns
+everything else: variants (INT4 by rules on the float model), seeds, keys, the step function,
+logging, checkpoints, timing and the NaN abort. So a new task is one module here.
+"""
+
+import abc
+from typing import Any, Dict, Iterable, Mapping, Tuple
+
+import flax.linen as nn
+import numpy as np
+
+
+class Task(abc.ABC):
+  metric: str  # the headline key of `eval_metrics`
+  higher_is_better: bool  # direction of `metric`
+  metric_scale: float = 1.0  # reported value = metric * metric_scale (accuracy -> percent)
+  extra_metrics: Tuple[str, ...] = ()  # other `eval_metrics` keys the report carries
+  float_layers: Tuple[str, ...] = ()  # layer-path regexes kept float in every INT4 variant
+  # {"attn": regex, "mlp": regex}: the block linear layers of each type (per-type ablations)
+  layer_groups: Mapping[str, str] = {}
+
+  @abc.abstractmethod
+  def load(self, config) -> Any:
+    """Everything the runs of `config` share (token arrays, tokenizer, pretrained weights)."""
+
+  @abc.abstractmethod
+  def model(self, config, data) -> nn.Module:
+    """The float model; `model.apply(variables, *model_inputs(batch), ...)` gives its output."""
+
+  @abc.abstractmethod
+  def init_params(self, config, model: nn.Module, data, seed: int):
+    """Initial params for `seed` (the same for every variant)."""
+
+  @abc.abstractmethod
+  def steps_per_epoch(self, config, data) -> int:
+    """Training batches per pass over the train split."""
+
+  @abc.abstractmethod
+  def train_batch(self, config, data, seed: int, step: int) -> Dict[str, np.ndarray]:
+    """Batch `step` of the run with `seed`: random access, so a resumed run sees the same."""
+
+  @abc.abstractmethod
+  def model_inputs(self, batch) -> Tuple:
+    """The positional arguments of the model for `batch`."""
+
+  @abc.abstractmethod
+  def loss(self, model: nn.Module, variables, batch, rngs) -> Any:
+    """The scalar training loss (float32), in training mode (dropout from rngs['dropout'])."""
+
+  @abc.abstractmethod
+  def optimizer(self, config, total_steps: int):
+    """(optax transformation, learning-rate schedule)."""
+
+  @abc.abstractmethod
+  def eval_batches(self, config, data) -> Iterable[Dict[str, np.ndarray]]:
+    """The evaluation split in batches of one fixed shape (padding marked in the batch)."""
+
+  @abc.abstractmethod
+  def eval_sums(self, model: nn.Module, variables, batch) -> Dict[str, Any]:
+    """Per-batch sums (jnp scalars) that `eval_metrics` turns into metrics; jitted once."""
+
+  @abc.abstractmethod
+  def eval_metrics(self, sums: Dict[str, float]) -> Dict[str, float]:
+    """Metrics from the sums over all evaluation batches."""
+
+  def finish(self, config, model: nn.Module, variables, data) -> Dict[str, Any]:
+    """Extra entries for a finished run's summary (e.g. a text sample); printed by the loop."""
+    return {}

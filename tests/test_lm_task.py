@@ -1,0 +1,125 @@
+"""The language-modelling task on data the tests make: whole works held out, the tokenizer
+trained on the train split and cached, random-access training windows, validation windows that
+cover the split once, a causal model, and a text sample."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from experiments import tasks
+from experiments.configs import get_config
+from experiments.data import shakespeare
+from experiments.models import gpt
+from tests import experiment_fixtures as fx
+
+TINY = dict(vocab_size=300, seq_len=16, num_layers=1, hidden_size=32, num_heads=2, batch_size=4,
+            eval_windows=None, sample_tokens=4)
+
+
+@pytest.fixture(scope="module")
+def lm(tmp_path_factory):
+  data_dir = fx.build_shakespeare(str(tmp_path_factory.mktemp("lm")))
+  config = get_config("shakespeare").replace(data_dir=data_dir, **TINY)
+  task = tasks.task_for(config)
+  return config, task, task.load(config)
+
+
+def test_whole_works_are_held_out():
+  names = ("tempest", "macbeth") + shakespeare.VALIDATION_WORKS
+  works = {name: f"text of {name}" for name in names}
+  split = shakespeare.split_works(works)
+  assert split["validation"] == [f"text of {n}" for n in sorted(shakespeare.VALIDATION_WORKS)]
+  assert split["train"] == ["text of macbeth", "text of tempest"]
+
+
+def test_a_sdist_without_the_validation_works_is_refused(tmp_path):
+  import io
+  import tarfile
+  path = tmp_path / "s.tar.gz"
+  with tarfile.open(path, "w:gz") as tar:
+    data = b"words"
+    info = tarfile.TarInfo(f"{shakespeare.TEXTS}tempest_gut.txt")
+    info.size = len(data)
+    tar.addfile(info, io.BytesIO(data))
+  with pytest.raises(ValueError, match="lacks the validation works"):
+    shakespeare.read_works(str(path))
+
+
+def test_tokenizer_is_trained_once_and_round_trips(lm, monkeypatch):
+  config, task, data = lm
+  tok = data["tokenizer"]
+  assert tok.get_vocab_size() == config.vocab_size
+  assert tok.token_to_id(shakespeare.END_OF_TEXT) == 0
+  text = "good movie, perhaps"
+  assert tok.decode(tok.encode(text).ids) == text
+  monkeypatch.setattr(shakespeare, "train_tokenizer", lambda *a: pytest.fail("retrained"))
+  again = task.load(config)  # read from the cache
+  np.testing.assert_array_equal(again["train"], data["train"])
+  assert int(data["train"].max()) < config.vocab_size and data["train"].dtype == np.int32
+
+
+def test_training_windows_are_random_access_and_shifted(lm):
+  config, task, data = lm
+  b = task.train_batch(config, data, seed=3, step=7)
+  assert b["inputs"].shape == b["targets"].shape == (config.batch_size, config.seq_len)
+  np.testing.assert_array_equal(b["inputs"][:, 1:], b["targets"][:, :-1])
+  np.testing.assert_array_equal(b["inputs"], task.train_batch(config, data, 3, 7)["inputs"])
+  assert not np.array_equal(b["inputs"], task.train_batch(config, data, 3, 8)["inputs"])
+  assert not np.array_equal(b["inputs"], task.train_batch(config, data, 4, 7)["inputs"])
+
+
+def test_validation_windows_cover_the_split_once(lm):
+  config, task, data = lm
+  batches = list(task.eval_batches(config, data))
+  windows = np.concatenate([b["inputs"][b["valid"]] for b in batches])
+  t = config.seq_len
+  count = (len(data["eval"]) - 1) // t
+  np.testing.assert_array_equal(windows.reshape(-1), data["eval"][:count * t])
+  assert {b["inputs"].shape for b in batches} == {(config.batch_size, t)}
+  spaced = list(task.eval_batches(config.replace(eval_windows=3), data))
+  assert sum(int(b["valid"].sum()) for b in spaced) == 3
+
+
+def test_validation_loss_weighs_every_token_once(lm):
+  """eval_sums over padded batches equals the mean loss of the valid windows, computed here
+  directly from the model's logits."""
+  config, task, data = lm
+  model = task.model(config, data)
+  params = task.init_params(config, model, data, 0)
+  sums = {"nll": 0.0, "tokens": 0}
+  nll = []
+  for b in task.eval_batches(config, data):
+    s = task.eval_sums(model, {"params": params}, b)
+    sums = {k: sums[k] + float(s[k]) for k in sums}
+    logits = model.apply({"params": params}, b["inputs"][b["valid"]])
+    logp = jax.nn.log_softmax(logits.astype(jnp.float32))
+    nll.append(-np.take_along_axis(np.asarray(logp), b["targets"][b["valid"]][..., None], -1))
+  want = float(np.concatenate([x.reshape(-1) for x in nll]).mean())
+  got = task.eval_metrics(sums)
+  assert got["val_loss"] == pytest.approx(want, rel=1e-5)
+  assert got["perplexity"] == pytest.approx(np.exp(want), rel=1e-5)
+
+
+def test_gpt_is_causal():
+  cfg = gpt.GPTConfig(vocab_size=50, max_len=12, num_layers=2, hidden_size=32, num_heads=4)
+  model = gpt.GPT(cfg)
+  tokens = jax.random.randint(jax.random.key(0), (2, 12), 0, 50)
+  params = model.init(jax.random.key(1), tokens)
+  changed = tokens.at[:, 7].set((tokens[:, 7] + 1) % 50)
+  a, b = model.apply(params, tokens), model.apply(params, changed)
+  assert a.shape == (2, 12, 50)
+  np.testing.assert_array_equal(a[:, :7], b[:, :7])
+  assert not np.allclose(a[:, 7:], b[:, 7:])
+  with pytest.raises(ValueError, match="max_len"):
+    model.apply(params, jnp.zeros((1, 13), jnp.int32))
+
+
+def test_sample_continues_the_prompt(lm):
+  config, task, data = lm
+  model = task.model(config, data)
+  params = task.init_params(config, model, data, 0)
+  out = task.finish(config, model, {"params": params}, data)["sample"]
+  assert out.startswith(config.prompt)
+  n = len(data["tokenizer"].encode(out).ids) - len(data["tokenizer"].encode(config.prompt).ids)
+  assert n >= 1  # byte-level pieces may merge on re-encoding; at most sample_tokens
