@@ -6,6 +6,9 @@
 Each block sits between `<!-- NAME:start -->` and `<!-- NAME:end -->` in README.md:
   bert-summary   experiments/results/bert_summary.md (python -m experiments.report --summary ...)
   bert-goal      the default's paired gap to fp32 per task, from experiments/results/bert_*.json
+  results-summary  the table of experiments/results/SUMMARY.md (python -m experiments.report
+                 --overview)
+  lm-goal        the default's relative validation-loss gap per LM task, from gpt_shakespeare*.json
   layer-errors   the mean row of experiments/results/bert_layer_errors.md
   cpu-bench      experiments/results/bench_cpu_linear.json
 """
@@ -40,29 +43,52 @@ def cpu_bench_table(result: dict) -> str:
 
 
 GOAL_POINTS = 1.0  # the fidelity goal: |int4 - fp32| <= 1.0 point with the default config
+GOAL_LM_PERCENT = 2.0  # the LM goal: int4's validation loss within 2% of fp32's
 
 
-def bert_goal_lines(results) -> str:
+def goal_lines(results, describe) -> str:
+  """One line per task: describe(result, the default int4's entry), which states its paired gap
+  to fp32 and whether the goal is met."""
   lines = []
   for r in results:
     v = r["variants"].get("int4")
     if v is None or "vs_fp32" not in v:
       lines.append(f"- **{r['task']}**: the default `int4` has no runs yet.")
       continue
-    gap, seeds = v["vs_fp32"], len(v["vs_fp32_seeds"])
-    verdict = ("met" if abs(gap) <= GOAL_POINTS else
-               f"missed by {abs(gap) - GOAL_POINTS:.2f}")
-    lines.append(f"- **{r['task']}**: default `int4` vs fp32 {gap:+.2f} ± {v['vs_fp32_std']:.2f} "
-                 f"points (paired, {seeds} seed{'s' if seeds != 1 else ''}); the goal "
-                 f"|gap| ≤ {GOAL_POINTS} is {verdict}.")
+    n = len(v["vs_fp32_seeds"])
+    lines.append(f"- **{r['task']}**: {describe(r, v)} (paired, {n} seed{'s' if n != 1 else ''}).")
   return "\n".join(lines) + "\n"
+
+
+def bert_goal(r, v) -> str:
+  gap = v["vs_fp32"]
+  verdict = "met" if abs(gap) <= GOAL_POINTS else f"missed by {abs(gap) - GOAL_POINTS:.2f}"
+  return (f"default `int4` vs fp32 {gap:+.2f} ± {v['vs_fp32_std']:.2f} points; the goal "
+          f"|gap| ≤ {GOAL_POINTS} is {verdict}")
+
+
+def lm_goal(r, v) -> str:
+  gap = v["vs_fp32_rel"]
+  verdict = ("met" if gap <= GOAL_LM_PERCENT else
+             f"missed by {gap - GOAL_LM_PERCENT:.2f} percentage points")
+  return (f"{r['title']}: default `int4` validation loss {v['mean']:.4f} against fp32 "
+          f"{r['variants']['fp32']['mean']:.4f}, {gap:+.2f}%; the goal ≤ +{GOAL_LM_PERCENT:g}% "
+          f"is {verdict}")
+
+
+def summary_table(text: str) -> str:
+  """The table and its footnote from SUMMARY.md (its title and preamble stay there)."""
+  return text[text.index("| task |"):]
 
 
 def blocks() -> dict:
   return {
       "bert-summary": (RESULTS / "bert_summary.md").read_text(),
-      "bert-goal": bert_goal_lines([json.loads((RESULTS / f"{t}.json").read_text())
-                                    for t in ("bert_polarity", "bert_uncertainty")]),
+      "bert-goal": goal_lines([json.loads((RESULTS / f"{t}.json").read_text())
+                               for t in ("bert_polarity", "bert_uncertainty")], bert_goal),
+      "results-summary": summary_table((RESULTS / "SUMMARY.md").read_text()),
+      "lm-goal": goal_lines([json.loads(p.read_text())
+                             for p in sorted(RESULTS.glob("gpt_shakespeare*.json"))], lm_goal),
       "layer-errors": layer_errors_table((RESULTS / "bert_layer_errors.md").read_text()),
       "cpu-bench": cpu_bench_table(json.loads((RESULTS / "bench_cpu_linear.json").read_text())),
   }

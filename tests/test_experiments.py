@@ -296,3 +296,14 @@ def test_summary_table_has_one_row_per_variant_and_a_cell_per_task():
   assert "| variant | a | b |" in table
   assert "| `fp32` | 80.00 ± 1.00 [2 seeds] | 70.00 ± 0.00 [1 seed] |" in table
   assert "| `int4` | 79.50 ± 0.50 (-0.50 ± 0.50) [2 seeds] | — |" in table
+
+
+def test_a_rerun_reproduces_a_logged_run_exactly(workspace, tmp_path):
+  """What experiments.analysis.loop_reproduction checks on the real runs: the same config,
+  variant and seed give the same loss at every logged step and the same evaluation."""
+  from experiments.analysis import loop_reproduction
+  config = _tiny(get_config("polarity"), workspace, epochs=1.0)
+  train.train_one(config, str(tmp_path), "int4", 1, _data(config), progress=False)
+  rows, same = loop_reproduction.compare(config, "int4", 1,
+                                         str(tmp_path / "int4" / "seed_1" / "metrics.jsonl"))
+  assert len(same) == 5 and all(same), rows  # 4 losses, 1 evaluation
