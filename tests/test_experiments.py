@@ -307,3 +307,15 @@ def test_a_rerun_reproduces_a_logged_run_exactly(workspace, tmp_path):
   rows, same = loop_reproduction.compare(config, "int4", 1,
                                          str(tmp_path / "int4" / "seed_1" / "metrics.jsonl"))
   assert len(same) == 5 and all(same), rows  # 4 losses, 1 evaluation
+
+
+def test_training_batches_depend_on_seed_and_epoch_only(workspace):
+  """Runs share one loaded dataset: batch (seed, step) must not depend on what ran before."""
+  config = _tiny(get_config("polarity"), workspace)
+  task, data = tasks.task_for(config), _data(config)
+  per_epoch = task.steps_per_epoch(config, data)
+  ids = lambda seed, step: task.train_batch(config, data, seed, step)["input_ids"].copy()
+  first = ids(0, 1)
+  assert not np.array_equal(ids(1, 1), first)  # another seed, another order
+  assert not np.array_equal(ids(0, per_epoch + 1), first)  # another epoch, another order
+  np.testing.assert_array_equal(ids(0, 1), first)

@@ -79,12 +79,12 @@ class Classification(Task):
 
   def train_batch(self, config, data, seed, step):
     per_epoch = self.steps_per_epoch(config, data)
-    epoch = step // per_epoch
-    cache = data.setdefault("_epoch", {})
-    if epoch not in cache:
+    key = (seed, step // per_epoch)
+    cache = data.setdefault("_epoch_batches", {})  # the current (seed, epoch)'s batches
+    if key not in cache:
       cache.clear()
-      cache[epoch] = pipeline.epoch_batches(data["records"], config.batch_size, seed, epoch)
-    return cache[epoch][step % per_epoch]
+      cache[key] = pipeline.epoch_batches(data["records"], config.batch_size, *key)
+    return cache[key][step % per_epoch]
 
   def model_inputs(self, batch):
     return batch["input_ids"], batch["mask"]
