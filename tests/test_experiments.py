@@ -319,3 +319,20 @@ def test_training_batches_depend_on_seed_and_epoch_only(workspace):
   assert not np.array_equal(ids(1, 1), first)  # another seed, another order
   assert not np.array_equal(ids(0, per_epoch + 1), first)  # another epoch, another order
   np.testing.assert_array_equal(ids(0, 1), first)
+
+
+def test_main_runs_what_is_missing_then_reports(workspace, tmp_path, capsys):
+  from experiments import main
+  args = ["--task", "shakespeare", "--variants", "fp32", "int4", "--seeds", "0", "--steps", "2",
+          "--data_dir", workspace["data_dir"], "--workdir", str(tmp_path / "wd"),
+          "--out", str(tmp_path / "out"), "--checkpoint_every", "1"]
+  main.main(args)
+  assert "2 runs to do, 0 done" in capsys.readouterr().out
+  main.main(args)  # everything finished: nothing reruns
+  out = capsys.readouterr().out
+  assert "0 runs to do, 2 done" in out and "| int4 |" in out
+  saved = json.load(open(tmp_path / "out" / "gpt_shakespeare.json"))
+  assert set(saved["variants"]) == {"fp32", "int4"}
+  with pytest.raises(SystemExit):
+    main.main(["--task", "shakespeare", "--model_dir", "x"])
+  assert "BERT tasks" in capsys.readouterr().err
