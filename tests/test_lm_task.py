@@ -101,8 +101,10 @@ def test_validation_loss_weighs_every_token_once(lm):
   assert got["perplexity"] == pytest.approx(np.exp(want), rel=1e-5)
 
 
-def test_gpt_is_causal():
-  cfg = gpt.GPTConfig(vocab_size=50, max_len=12, num_layers=2, hidden_size=32, num_heads=4)
+@pytest.mark.parametrize("attention", ["dense", "flax"])
+def test_gpt_is_causal(attention):
+  cfg = gpt.GPTConfig(vocab_size=50, max_len=12, num_layers=2, hidden_size=32, num_heads=4,
+                      attention=attention)
   model = gpt.GPT(cfg)
   tokens = jax.random.randint(jax.random.key(0), (2, 12), 0, 50)
   params = model.init(jax.random.key(1), tokens)

@@ -40,14 +40,15 @@ def compare(config, variant: str, seed: int, committed: str, stop_after=None):
                                                   "metrics.jsonl"))
   rows, same = [], []
   for step in sorted(new_losses):
-    old = old_losses.get(step)
-    same.append(old == new_losses[step])
-    rows.append(f"| {step} | {old} | {new_losses[step]} | {'yes' if same[-1] else 'NO'} |")
+    old, new = old_losses.get(step), new_losses[step]
+    same.append(old == new)
+    rel = f"{abs(new - old) / abs(old):.1e}" if old else "—"
+    rows.append(f"| {step} | {old} | {new} | {'yes' if same[-1] else 'no, rel. ' + rel} |")
   for step in sorted(new_evals):
     old = {k: v for k, v in old_evals.get(step, {}).items() if k.startswith("eval_")}
     new = {k: v for k, v in new_evals[step].items() if k.startswith("eval_")}
     same.append(old == new)
-    rows.append(f"| {step} (eval) | {old} | {new} | {'yes' if same[-1] else 'NO'} |")
+    rows.append(f"| {step} (eval) | {old} | {new} | {'yes' if same[-1] else 'no'} |")
   return rows, same
 
 

@@ -2,6 +2,7 @@
 
   python -m experiments.main --task shakespeare --size cpu    # 4 blocks, d 128: minutes on 2 cores
   python -m experiments.main --task shakespeare --size cpu-char   # bytes as tokens, 3 blocks
+  python -m experiments.main --task shakespeare --size cpu-char-flax-mha  # nn.MultiHeadDot...
   python -m experiments.main --task shakespeare --size gpu    # GPT-2-small blocks, seq 1024
   python -m experiments.main --task shakespeare --size gpu-h2048 --variants fp32 int4 --seeds 0
   python -m experiments.main --task shakespeare --size gpu-h4096 --variants fp32 int4 --seeds 0
@@ -16,11 +17,15 @@ reported).
 
 from experiments.tasks.lm import LMConfig
 
-SIZES = ("cpu", "cpu-char", "gpu", "gpu-h2048", "gpu-h4096")
+SIZES = ("cpu", "cpu-char", "cpu-char-flax-mha", "gpu", "gpu-h2048", "gpu-h4096")
 
 
 def get_config(size: str = "cpu") -> LMConfig:
   base = LMConfig(task="gpt_shakespeare", title="GPT trained from scratch on Shakespeare")
+  if size == "cpu-char-flax-mha":  # the same with Flax's attention module, as users write it
+    return get_config("cpu-char").replace(
+        task="gpt_shakespeare_char_flax_mha", attention="flax",
+        title="GPT (Flax MultiHeadDotProductAttention) on Shakespeare, character level")
   if size == "cpu-char":  # character-level (257 = the 256 bytes + end of text: no BPE merges)
     return base.replace(task="gpt_shakespeare_char", vocab_size=257, num_layers=3, steps=300,
                         eval_every=50, log_every=20, warmup_steps=30, eval_windows=128,

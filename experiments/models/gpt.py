@@ -22,6 +22,9 @@ class GPTConfig:
   num_heads: int  # attention heads (d must be a multiple)
   mlp_ratio: int = 4  # MLP width = mlp_ratio * d
   dropout: float = 0.0  # residual and attention dropout in training
+  # "dense": q, k, v and output as nn.Dense layers (below); "flax": Flax's own
+  # nn.MultiHeadDotProductAttention (DenseGeneral layers query/key/value/out), as users write it
+  attention: str = "dense"
 
 
 def _dense(features, name, std=0.02):
@@ -54,8 +57,17 @@ class Block(nn.Module):
   @nn.compact
   def __call__(self, x_BxTxD, deterministic: bool):
     cfg = self.cfg
-    x_BxTxD = x_BxTxD + CausalSelfAttention(cfg, name="attn")(nn.LayerNorm(name="ln_1")(x_BxTxD),
-                                                             deterministic)
+    h_BxTxD = nn.LayerNorm(name="ln_1")(x_BxTxD)
+    if cfg.attention == "flax":
+      causal = nn.make_causal_mask(jnp.ones(x_BxTxD.shape[:2], bool))
+      attn = nn.MultiHeadDotProductAttention(
+          cfg.num_heads, dropout_rate=cfg.dropout, deterministic=deterministic,
+          kernel_init=nn.initializers.normal(0.02), name="attn")(h_BxTxD, mask=causal)
+    elif cfg.attention == "dense":
+      attn = CausalSelfAttention(cfg, name="attn")(h_BxTxD, deterministic)
+    else:
+      raise ValueError(f"attention must be 'dense' or 'flax', got {cfg.attention!r}")
+    x_BxTxD = x_BxTxD + attn
     y = _dense(cfg.mlp_ratio * cfg.hidden_size, "fc")(nn.LayerNorm(name="ln_2")(x_BxTxD))
     y = _dense(cfg.hidden_size, "proj", 0.02 / np.sqrt(2 * cfg.num_layers))(nn.gelu(y))
     return x_BxTxD + nn.Dropout(cfg.dropout)(y, deterministic=deterministic)

@@ -32,6 +32,7 @@ class LMConfig(TrainConfig):
   num_heads: int = 4  # attention heads
   mlp_ratio: int = 4  # MLP width / model width
   dropout: float = 0.0  # residual and attention dropout
+  attention: str = "dense"  # "dense" layers, or "flax": nn.MultiHeadDotProductAttention
   learning_rate: float = 1e-3  # peak, after a linear warm-up, then cosine decay
   weight_decay: float = 0.1  # on matrices only (not biases, LayerNorm)
   warmup_steps: int = 50  # linear warm-up from 0
@@ -50,7 +51,7 @@ class LMConfig(TrainConfig):
     return gpt.GPTConfig(vocab_size=self.vocab_size, max_len=self.seq_len,
                          num_layers=self.num_layers, hidden_size=self.hidden_size,
                          num_heads=self.num_heads, mlp_ratio=self.mlp_ratio,
-                         dropout=self.dropout)
+                         dropout=self.dropout, attention=self.attention)
 
 
 class LanguageModelling(Task):
@@ -58,7 +59,7 @@ class LanguageModelling(Task):
   higher_is_better = False
   extra_metrics = ("perplexity",)
   float_layers = (r"lm_head",)
-  layer_groups = {"attn": r"block_\d+/attn/(query|key|value|output)",
+  layer_groups = {"attn": r"block_\d+/attn/(query|key|value|output|out)",
                   "mlp": r"block_\d+/(fc|proj)"}
 
   def load(self, config: LMConfig):
