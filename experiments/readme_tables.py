@@ -8,6 +8,7 @@ Each block sits between `<!-- NAME:start -->` and `<!-- NAME:end -->` in README.
   bert-goal      the default's paired gap to fp32 per task, from experiments/results/bert_*.json
   results-summary  the table of experiments/results/SUMMARY.md (python -m experiments.report
                  --overview)
+  lm-table       the table of experiments/results/gpt_shakespeare.md (every variant)
   lm-goal        the default's relative validation-loss gap per LM task, from gpt_shakespeare*.json
   layer-errors   the mean row of experiments/results/bert_layer_errors.md
   cpu-bench      experiments/results/bench_cpu_linear.json
@@ -76,6 +77,11 @@ def lm_goal(r, v) -> str:
           f"is {verdict}")
 
 
+def task_table(text: str) -> str:
+  """The variant table of a task's <task>.md (the report writes it under a title and a line)."""
+  return text[text.index("| variant |"):]
+
+
 def summary_table(text: str) -> str:
   """The table and its footnote from SUMMARY.md (its title and preamble stay there)."""
   return text[text.index("| task |"):]
@@ -87,6 +93,7 @@ def blocks() -> dict:
       "bert-goal": goal_lines([json.loads((RESULTS / f"{t}.json").read_text())
                                for t in ("bert_polarity", "bert_uncertainty")], bert_goal),
       "results-summary": summary_table((RESULTS / "SUMMARY.md").read_text()),
+      "lm-table": task_table((RESULTS / "gpt_shakespeare.md").read_text()),
       "lm-goal": goal_lines([json.loads(p.read_text())
                              for p in sorted(RESULTS.glob("gpt_shakespeare*.json"))], lm_goal),
       "layer-errors": layer_errors_table((RESULTS / "bert_layer_errors.md").read_text()),
