@@ -16,6 +16,8 @@
   int4-hq128        int4 with Hadamard blocks of 128 instead of 32 (a candidate for the LM gap)
   attn-proj-float   int4 on the MLP layers only; the attention projections stay float
   mlp-float         int4 on the attention projections only; the MLP layers stay float
+  int4-qk8          int4, with the attention's query and key projections at 8 bits forward
+                    (forward_bits=8: the softmax sees less logit noise; the same int8 GEMM)
 
 Every INT4 variant keeps the task's head (classifier, lm_head) float, as the paper does; the
 embeddings are not linear layers. Which layers a task calls "attn" and "mlp" is its
@@ -31,7 +33,8 @@ from int4jax import Int4Config, QuantRule
 @dataclasses.dataclass(frozen=True)
 class Variant:
   config: Optional[Int4Config]  # the block layers' config; None: the float baseline
-  float_groups: Tuple[str, ...] = ()  # task layer groups ("attn", "mlp") kept float
+  # (task layer group, its config; None: float), overriding `config` for that group's layers
+  groups: Tuple[Tuple[str, Optional[Int4Config]], ...] = ()
 
 
 VARIANTS: Dict[str, Variant] = {
@@ -45,8 +48,10 @@ VARIANTS: Dict[str, Variant] = {
     "int4-no-lss": Variant(Int4Config.paper(lss="off")),
     "int4-hq-search": Variant(Int4Config(hadamard_block="search")),
     "int4-hq128": Variant(Int4Config(hadamard_block=128)),
-    "attn-proj-float": Variant(Int4Config(), float_groups=("attn",)),
-    "mlp-float": Variant(Int4Config(), float_groups=("mlp",)),
+    "attn-proj-float": Variant(Int4Config(), groups=(("attn", None),)),
+    "mlp-float": Variant(Int4Config(), groups=(("mlp", None),)),
+    "int4-qk8": Variant(Int4Config(), groups=(("qk", Int4Config(forward_bits=8,
+                                                                scale_levels=1)),)),
 }
 
 
@@ -60,9 +65,10 @@ def rules_for(variant: str, float_layers: Tuple[str, ...] = (),
   if v.config is None:
     return None
   layer_groups = layer_groups or {}
-  missing = [g for g in v.float_groups if g not in layer_groups]
+  missing = [g for g, _ in v.groups if g not in layer_groups]
   if missing:
-    raise ValueError(f"variant {variant!r} keeps {missing} float, but this task defines only "
-                     f"the layer groups {sorted(layer_groups)}")
-  floats = tuple(float_layers) + tuple(layer_groups[g] for g in v.float_groups)
-  return tuple(QuantRule(path=p, config=None) for p in floats) + (QuantRule(config=v.config),)
+    raise ValueError(f"variant {variant!r} sets the layer groups {missing}, but this task "
+                     f"defines only {sorted(layer_groups)}")
+  return (tuple(QuantRule(path=p, config=None) for p in float_layers)
+          + tuple(QuantRule(path=layer_groups[g], config=c) for g, c in v.groups)
+          + (QuantRule(config=v.config),))

@@ -13,6 +13,7 @@ Backend = Literal["auto", "xla", "reference", "pallas", "triton", "mosaic"]
 _CHOICES = {
     "scale_mode": ("row", "tensor", "lsq"),
     "int_range": ("symmetric", "full"),
+    "forward_bits": (4, 8),
     "grad_mode": ("bitsplit", "int4", "float"),
     "lss": ("off", "nonzero", "bernoulli", "systematic"),
     "backend": ("auto", "xla", "reference", "pallas", "triton", "mosaic"),
@@ -58,6 +59,11 @@ class Int4Config:
   scale_clip: Optional[float] = None
   # INT4 range: "symmetric" [-7, 7] (the paper's text) or "full" [-8, 7] (its released code).
   int_range: Literal["symmetric", "full"] = "symmetric"
+  # Bits of the forward operands X^ and W^: 4, or 8 for layers a policy keeps at INT8 (e.g. the
+  # attention's query/key projections). On int8 hardware both cost the same GEMM. At 8 bits
+  # the range is [-127, 127] ([-128, 127] with int_range="full") and scale_levels must be 1
+  # (m * q has no spare bits). The backward's dY quantization (grad_mode) is unchanged.
+  forward_bits: Literal[4, 8] = 4
   # Gradient (dY) quantization for both backward GEMMs: "bitsplit" = hi + residual INT4 parts
   # (~INT8); "int4" = one INT4 part; "float" = dY unquantized, float GEMMs against the saved
   # dequantized INT4 operands (the "forward only" ablation).
@@ -94,7 +100,10 @@ class Int4Config:
       raise ValueError(f"Int4Config.hadamard_block must be a power of two or 'search', got {b!r}")
     if not hadamard.is_power_of_two(self.scale_group):
       raise ValueError(f"Int4Config.scale_group must be a power of two, got {self.scale_group!r}")
-    if not two_level.fits_int8(self.qrange, self.scale_levels):
+    if self.forward_bits == 8 and self.scale_levels != 1:
+      raise ValueError("Int4Config: forward_bits=8 fills the int8 operand, so the group "
+                       f"multipliers have no room; set scale_levels=1 (got {self.scale_levels})")
+    if not two_level.fits_int8(self.forward_qrange, self.scale_levels):
       raise ValueError(f"Int4Config.scale_levels must be >= 1 with m * q inside int8 for q in "
                        f"{self.qrange} (<= 18 symmetric, <= 16 full), got {self.scale_levels!r}")
     if self.scale_mode == "lsq" and (self.scale_levels != 1 or self.scale_clip is not None):
@@ -118,6 +127,13 @@ class Int4Config:
   @property
   def qrange(self) -> Tuple[int, int]:
     return quantize.int_range(self.int_range)
+
+  @property
+  def forward_qrange(self) -> Tuple[int, int]:
+    """(qmin, qmax) of the forward operands: qrange at 4 bits, its 8-bit analogue at 8."""
+    if self.forward_bits == 4:
+      return self.qrange
+    return (-128 if self.int_range == "full" else -127, 127)
 
   @property
   def contraction_multiple(self) -> int:

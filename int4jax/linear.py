@@ -23,8 +23,10 @@ Int32 accumulation is exact while the contraction length K satisfies
 K * max|a| * max|b| <= 2^31 - 1. With A = max|m * q| = 7 L (8 L for int_range="full"):
   forward   K <= (2^31 - 1) / A^2          L = 1: 43,826,196; L = 16 (A = 112): 171,196
   backward  N, M <= (2^31 - 1) / (119 A)   (bit split |v| <= 119): L = 1: 2,578,011; L = 16: 161,125
-where N is dX's contraction (output features) and M dW's (tokens in the batch). A longer
-contraction raises a ValueError naming the fix (see `max_exact_contraction`).
+where N is dX's contraction (output features) and M dW's (tokens in the batch). With
+forward_bits=8, A = 127: forward K <= 133,144, backward <= 142,095 (A = 128 with
+int_range="full"). A longer contraction raises a ValueError naming the fix (see
+`max_exact_contraction`).
 """
 
 import functools
@@ -81,7 +83,7 @@ def backward_keys(key):
 def forward_quantize(xh, wh, config: Int4Config, scales: Scales):
   """(Xv, s_X, Wv, s_W): the int8 operands (INT4 values times their group multipliers, see
   int4jax/quantizers/two_level.py) and their rank-1 scales ((M, 1) and (1, N), or per tensor ())."""
-  qmin, qmax = config.qrange
+  qmin, qmax = config.forward_qrange
   if config.scale_mode == "lsq":
     sx, sw = (jnp.where(s > 0, s, jnp.nan) for s in scales)
     xq = quantize.quantize(xh, sx, qmin, qmax)
@@ -104,7 +106,7 @@ def _check_length(length: int, max_a: int, max_b: int, what: str) -> None:
 
 def _operand_max(config: Int4Config) -> int:
   """max |value| of the forward's int8 operands (INT4 values times group multipliers)."""
-  return two_level.max_operand(config.qrange, config.scale_levels)
+  return two_level.max_operand(config.forward_qrange, config.scale_levels)
 
 
 def _grad_int_max(config: Int4Config) -> int:
@@ -227,7 +229,7 @@ def _backward(config, residuals, dy):
 
 def _lsq_backward(t, scale, dt_bar, config):
   """Gradients through t_bar = scale * clip(round(t / scale)): clip mask and LSQ step size."""
-  qmin, qmax = config.qrange
+  qmin, qmax = config.forward_qrange
   v = t / scale
   inside = (v >= qmin) & (v <= qmax)
   dq_ds = jnp.round(jnp.clip(v, qmin, qmax)) - jnp.where(inside, v, 0.0)

@@ -98,7 +98,7 @@ def fake_quant_rows(t, qmin, qmax, group, levels, per_row, clip_ratio):
 def fake_quant_forward(xh, wh, config: Int4Config, scales):
   """The forward operands as (integer-valued floats, outer scales): X (M, K) with (M,), and W
   transposed, (N, K) with (N,). X^ = ints * scale per row."""
-  qmin, qmax = config.qrange
+  qmin, qmax = config.forward_qrange
   if config.scale_mode == "lsq":
     out = []
     for t, s in ((xh, scales[0]), (wh.T, scales[1])):
@@ -216,7 +216,7 @@ def _reference_bwd(config, res, dy):
   dw_bar = jnp.matmul(x_rows.T, g_dw, precision=_HI)
   dw_bar = jnp.where(jnp.isfinite(dy_sx).all(axis=0, keepdims=True), dw_bar, jnp.nan)
   if config.scale_mode == "lsq":
-    qmin, qmax = config.qrange
+    qmin, qmax = config.forward_qrange
     fq = lambda t, s: quantize.lsq_fake_quant(t, s, qmin, qmax)
     _, vjp_x = jax.vjp(fq, xh, scales[0])
     _, vjp_w = jax.vjp(fq, wh, scales[1])

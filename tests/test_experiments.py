@@ -167,7 +167,7 @@ def test_one_real_training_step_of_every_config(task, size, workspace, tmp_path)
   the variants whose rules depend on the task (layer groups, calibrated LSQ scales)."""
   chosen = {("polarity", "cpu"): tuple(variants.VARIANTS),
             ("shakespeare", "cpu"): ("fp32", "int4", "int4-paper", "attn-proj-float",
-                                     "mlp-float")}
+                                     "mlp-float", "int4-qk8")}
   config = _tiny(get_config(task, size), workspace, steps=1, seeds=(0,),
                  variants=chosen.get((task, size), ("fp32", "int4")))
   results = train.train_and_evaluate(config, str(tmp_path), progress=False)
@@ -196,8 +196,12 @@ def test_variants_quantize_exactly_the_block_linear_layers(workspace):
   assert train.build_model(task, config, data, "fp32").__class__ is bert.BertClassifier
   with pytest.raises(ValueError, match="unknown variant"):
     variants.rules_for("int3")
-  with pytest.raises(ValueError, match="layer groups"):
+  with pytest.raises(ValueError, match="defines only"):
     variants.rules_for("mlp-float", layer_groups={"attn": ".*"})
+  qk8 = plan("int4-qk8")
+  eight = [p.split("/")[-1] for p, c in qk8.items() if c is not None and c.forward_bits == 8]
+  assert sorted(eight) == sorted(["key", "query"] * layers)
+  assert sum(c is not None and c.forward_bits == 4 for c in qk8.values()) == 4 * layers
 
 
 def test_resume_from_checkpoint_is_bit_identical(workspace, tmp_path):

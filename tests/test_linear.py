@@ -32,6 +32,9 @@ CONFIGS = {
                                               int_range="full"),
     "tensor-two-level-clipped": Int4Config(scale_mode="tensor", scale_clip=2.5),
     "row-clipped-bernoulli": Int4Config(scale_clip=2.7, lss="bernoulli"),
+    "int8-forward": Int4Config(forward_bits=8, scale_levels=1),
+    "int8-forward-full-range-int4-grads": Int4Config(forward_bits=8, scale_levels=1,
+                                                     int_range="full", grad_mode="int4"),
 }
 
 
@@ -77,6 +80,29 @@ def test_lsq_matches_reference_including_scale_gradients():
   want = jax.grad(functools.partial(loss, int4_linear_reference), argnums=(0, 1, 2))(x, w, scales)
   chex.assert_trees_all_close(got, want, rtol=1e-4, atol=1e-5)
   assert all(float(jnp.abs(s)) > 0 for s in got[2])
+
+
+@pytest.mark.parametrize("int_range,lowest", [("symmetric", -127), ("full", -128)])
+def test_8bit_forward_uses_the_int8_range_and_cuts_the_error(int_range, lowest):
+  """forward_bits=8 (for layers a policy keeps at 8 bits): operands span the int8 range, the
+  forward error drops by well over the 16x finer grid's worth of 4 (noise ~ step size)."""
+  from int4jax.linear import forward_quantize
+  config = Int4Config(forward_bits=8, scale_levels=1, int_range=int_range)
+  assert config.forward_qrange == (lowest, 127) and config.qrange[1] == 7  # dY keeps INT4 parts
+  x, w = make_xw(256, 512, 256)
+  xq, _, wq, _ = forward_quantize(x, w, config, None)
+  assert xq.dtype == jnp.int8 and int(jnp.max(jnp.abs(xq))) == 127
+  assert int(jnp.min(xq)) >= lowest and int(jnp.min(wq)) >= lowest
+  err8 = rel_err(int4_linear(x, w, config=config), x @ w)
+  err4 = rel_err(int4_linear(x, w, config=Int4Config(scale_levels=1)), x @ w)
+  assert err8 < err4 / 8, (err8, err4)
+
+
+def test_8bit_forward_needs_one_scale_level():
+  with pytest.raises(ValueError, match="scale_levels=1"):
+    Int4Config(forward_bits=8)
+  with pytest.raises(ValueError, match="forward_bits"):
+    Int4Config(forward_bits=6, scale_levels=1)
 
 
 def test_forward_error_on_gaussian_data_is_small():

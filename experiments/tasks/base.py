@@ -18,7 +18,8 @@ class Task(abc.ABC):
   metric_scale: float = 1.0  # reported value = metric * metric_scale (accuracy -> percent)
   extra_metrics: Tuple[str, ...] = ()  # other `eval_metrics` keys the report carries
   float_layers: Tuple[str, ...] = ()  # layer-path regexes kept float in every INT4 variant
-  # {"attn": regex, "mlp": regex}: the block linear layers of each type (per-type ablations)
+  # {"attn": regex, "mlp": regex, "qk": regex}: the block linear layers of each type (the
+  # per-type ablations and policies of experiments.variants)
   layer_groups: Mapping[str, str] = {}
 
   @abc.abstractmethod

@@ -48,7 +48,8 @@ class Classification(Task):
   extra_metrics = ("f1",)
   float_layers = (r"classifier",)
   layer_groups = {"attn": r".*/attention/(query|key|value|output)",
-                  "mlp": r".*/layer_\d+/(intermediate|output)"}
+                  "mlp": r".*/layer_\d+/(intermediate|output)",
+                  "qk": r".*/attention/(query|key)"}
 
   def load(self, config: ClassificationConfig):
     cfg, encoder_params, tokenizer = bert.load_pretrained(config.model_dir)

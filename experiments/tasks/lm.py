@@ -60,7 +60,7 @@ class LanguageModelling(Task):
   extra_metrics = ("perplexity",)
   float_layers = (r"lm_head",)
   layer_groups = {"attn": r"block_\d+/attn/(query|key|value|output|out)",
-                  "mlp": r"block_\d+/(fc|proj)"}
+                  "mlp": r"block_\d+/(fc|proj)", "qk": r"block_\d+/attn/(query|key)"}
 
   def load(self, config: LMConfig):
     data_dir = config.data_dir or corpora.default_cache_dir()

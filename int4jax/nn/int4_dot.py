@@ -50,7 +50,7 @@ def resolve_block(owner: nn.Module, x2: jax.Array, w2: jax.Array, config: Int4Co
   matrix = owner.variable(
       STATE_COLLECTION, "hadamard",
       lambda: hadamard.hadamard_matrix(block_search.search_hadamard_block(
-          x2, w2, config.scale_mode, config.qrange, group=config.scale_group,
+          x2, w2, config.scale_mode, config.forward_qrange, group=config.scale_group,
           levels=config.scale_levels)))
   return matrix.value.shape[0]
 
@@ -59,7 +59,7 @@ def lsq_scales(owner: nn.Module, x2, w2, config: Int4Config) -> Optional[Tuple[j
   """(x_scale, kernel_scale) params for scale_mode='lsq', initialised from this batch."""
   if config.scale_mode != "lsq":
     return None
-  _, qmax = config.qrange
+  _, qmax = config.forward_qrange
 
   def init(_rng):
     xh, wh = _hadamard_domain(x2.astype(jnp.float32), w2.astype(jnp.float32),

@@ -63,10 +63,10 @@ class Linear(nnx.Linear):
     config = self.config
     if self.hadamard_block is None:
       self.hadamard_block = block_search.search_hadamard_block(
-          x2, kernel, config.scale_mode, config.qrange, group=config.scale_group,
+          x2, kernel, config.scale_mode, config.forward_qrange, group=config.scale_group,
           levels=config.scale_levels)
     if config.scale_mode == "lsq":
-      b, (_, qmax) = self.hadamard_block, config.qrange
+      b, (_, qmax) = self.hadamard_block, config.forward_qrange
       xh = hadamard.block_hadamard(hadamard.pad_to_block(x2.astype(jnp.float32), b, 1), b, 1)
       wh = hadamard.block_hadamard(hadamard.pad_to_block(kernel.astype(jnp.float32), b, 0), b,
                                    0)
