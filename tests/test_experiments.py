@@ -6,6 +6,7 @@ files. The language-modelling task has its own file (test_lm_task.py)."""
 import json
 import math
 import os
+import re
 
 import jax
 import jax.numpy as jnp
@@ -163,13 +164,17 @@ def _data(config):
 
 @pytest.mark.parametrize("task,size", [(t, s) for t in TASKS for s in sizes(t)])
 def test_one_real_training_step_of_every_config(task, size, workspace, tmp_path):
-  """Every config, one optimizer step on tiny data; every variant on one config, and on the LM
-  the variants whose rules depend on the task (layer groups, calibrated LSQ scales)."""
-  chosen = {("polarity", "cpu"): tuple(variants.VARIANTS),
+  """Every config, one optimizer step on tiny data (the default int4); every variant on one
+  config, and on the LM the variants whose rules depend on the task (layer groups, calibrated
+  LSQ scales)."""
+  # The variants with their own code path in the framework; the others differ from int4 only in
+  # Int4Config (the op's tests cover those), and every variant's plan is checked below.
+  chosen = {("polarity", "cpu"): ("fp32", "int4", "int4-paper", "int4-hq-search",
+                                  "attn-proj-float", "mlp-float", "int4-qk8"),
             ("shakespeare", "cpu"): ("fp32", "int4", "int4-paper", "attn-proj-float",
                                      "mlp-float", "int4-qk8")}
   config = _tiny(get_config(task, size), workspace, steps=1, seeds=(0,),
-                 variants=chosen.get((task, size), ("fp32", "int4")))
+                 variants=chosen.get((task, size), ("int4",)))
   results = train.train_and_evaluate(config, str(tmp_path), progress=False)
   metric = tasks.task_for(config).metric
   assert set(results) == set(config.variants)
@@ -202,6 +207,21 @@ def test_variants_quantize_exactly_the_block_linear_layers(workspace):
   eight = [p.split("/")[-1] for p, c in qk8.items() if c is not None and c.forward_bits == 8]
   assert sorted(eight) == sorted(["key", "query"] * layers)
   assert sum(c is not None and c.forward_bits == 4 for c in qk8.values()) == 4 * layers
+
+
+@pytest.mark.parametrize("task", ["polarity", "shakespeare"])
+def test_every_variant_builds_a_plan_with_int4_block_layers(task, workspace):
+  config = _tiny(get_config(task), workspace)
+  t, data = tasks.task_for(config), _data(config)
+  inputs = t.model_inputs(t.train_batch(config, data, 0, 0))
+  for name in variants.VARIANTS:
+    model = train.build_model(t, config, data, name)
+    if name == "fp32":
+      assert not hasattr(model, "plan")
+      continue
+    plan = model.plan(*inputs)
+    assert any(c is not None for c in plan.values()), name
+    assert all(plan[p] is None for p in plan if re.fullmatch(t.float_layers[0], p)), name
 
 
 def test_resume_from_checkpoint_is_bit_identical(workspace, tmp_path):
