@@ -58,6 +58,35 @@ def make_evaluate(task, model):
   return evaluate
 
 
+def initial_state(task, config, data, model, variant: str, seed: int, tx):
+  """({params, opt, step}, non-trainable collections): the same params for every variant of a
+  seed; quantizer state (if any, e.g. a searched Hadamard block) from the first batch."""
+  variables = {"params": task.init_params(config, task.model(config, data), data, seed)}
+  if variants.VARIANTS[variant].config is not None:
+    variables = int4jax.nn.calibrate(model, variables,
+                                     *task.model_inputs(task.train_batch(config, data, seed, 0)))
+  params = variables.pop("params")
+  state = {"params": params, "opt": tx.init(params), "step": jax.numpy.zeros((), "int32")}
+  return state, variables
+
+
+def make_train_step(task, model, tx, others, seed: int):
+  """The jitted step (state, batch) -> (state, loss); keys from (seed, step)."""
+
+  @jax.jit
+  def train_step(state, batch):
+    key = jax.random.fold_in(jax.random.key(seed), state["step"])
+    k_dropout, k_quant = jax.random.split(key)
+    loss_fn = lambda p: task.loss(model, {"params": p, **others}, batch,
+                                  {"dropout": k_dropout, "quant": k_quant})
+    loss, grads = jax.value_and_grad(loss_fn)(state["params"])
+    updates, opt = tx.update(grads, state["opt"], state["params"])
+    return {"params": optax.apply_updates(state["params"], updates), "opt": opt,
+            "step": state["step"] + 1}, loss
+
+  return train_step
+
+
 def _checkpointer(path: str):
   import orbax.checkpoint as ocp
   return ocp.CheckpointManager(os.path.abspath(path),
@@ -82,27 +111,9 @@ def train_one(config, workdir: str, variant: str, seed: int, data, *,
   steps = total_steps(task, config, data)
   eval_every = config.eval_every or task.steps_per_epoch(config, data)
 
-  # Same params for every variant of a seed; quantizer state (if any) from the first batch.
-  variables = {"params": task.init_params(config, task.model(config, data), data, seed)}
-  if variants.VARIANTS[variant].config is not None:
-    variables = int4jax.nn.calibrate(model, variables,
-                                     *task.model_inputs(task.train_batch(config, data, seed, 0)))
-  params = variables.pop("params")
-  others = variables  # non-trainable collections (e.g. a searched Hadamard block)
-
   tx, schedule = task.optimizer(config, steps)
-  state = {"params": params, "opt": tx.init(params), "step": jax.numpy.zeros((), "int32")}
-
-  @jax.jit
-  def train_step(state, batch):
-    key = jax.random.fold_in(jax.random.key(seed), state["step"])
-    k_dropout, k_quant = jax.random.split(key)
-    loss_fn = lambda p: task.loss(model, {"params": p, **others}, batch,
-                                  {"dropout": k_dropout, "quant": k_quant})
-    loss, grads = jax.value_and_grad(loss_fn)(state["params"])
-    updates, opt = tx.update(grads, state["opt"], state["params"])
-    return {"params": optax.apply_updates(state["params"], updates), "opt": opt,
-            "step": state["step"] + 1}, loss
+  state, others = initial_state(task, config, data, model, variant, seed, tx)
+  train_step = make_train_step(task, model, tx, others, seed)
 
   evaluate = make_evaluate(task, model)
   manager = _checkpointer(os.path.join(run_dir, "ckpt")) if config.checkpoint_every else None

@@ -10,35 +10,17 @@ experiments/results/train_step_<task>.{json,md}: median ms per step and the rati
 
 import argparse
 
-import jax
-import optax
-
-import int4jax
 from experiments import tasks, train
 from experiments.benchmarks import timer
 from experiments.configs import TASKS, get_config
 
 
 def step_fn(task, config, data, variant: str):
-  """(jitted step(state, batch), initial state) of one variant, as the training loop builds it."""
+  """(jitted step(state, batch), initial state) of one variant: experiments.train's own."""
   model = train.build_model(task, config, data, variant)
-  variables = {"params": task.init_params(config, task.model(config, data), data, 0)}
-  batch = task.train_batch(config, data, 0, 0)
-  if variant != "fp32":
-    variables = int4jax.nn.calibrate(model, variables, *task.model_inputs(batch))
-  params = variables.pop("params")
   tx, _ = task.optimizer(config, 100)
-
-  @jax.jit
-  def step(state, batch):
-    params, opt, key = state
-    loss_fn = lambda p: task.loss(model, {"params": p, **variables}, batch,
-                                  {"dropout": key, "quant": key})
-    loss, grads = jax.value_and_grad(loss_fn)(params)
-    updates, opt = tx.update(grads, opt, params)
-    return optax.apply_updates(params, updates), opt, jax.random.fold_in(key, 1)
-
-  return step, (params, tx.init(params), jax.random.key(0))
+  state, others = train.initial_state(task, config, data, model, variant, 0, tx)
+  return train.make_train_step(task, model, tx, others, 0), state
 
 
 def run(config, variants, repeats: int):
