@@ -14,6 +14,10 @@
   int4-hq-search    int4 with the Hadamard block searched per layer on the first batch (the
                     paper's per-layer search)
   int4-hq128        int4 with Hadamard blocks of 128 instead of 32 (a candidate for the LM gap)
+  int4-mse-clip     int4-per-row with each row's range clipped at GAUSSIAN_MSE_CLIP x its RMS,
+                    the clip that minimizes INT4 rounding + clipping error on Gaussian rows
+                    (Hadamard-mixed rows are near-Gaussian); compare with int4-per-row
+  int4-fwd-sr       int4 with stochastic (unbiased) rounding of the forward operands
   attn-proj-float   int4 on the MLP layers only; the attention projections stay float
   mlp-float         int4 on the attention projections only; the MLP layers stay float
   int4-qk8          int4, with the attention's query and key projections at 8 bits forward
@@ -29,6 +33,9 @@ from typing import Dict, Mapping, Optional, Tuple
 
 from int4jax import Int4Config, QuantRule
 
+# Clip ratio (x RMS) with the least mean squared error for symmetric INT4 [-7, 7] on Gaussian
+# rows (tests/test_experiments.py checks it against its neighbours).
+GAUSSIAN_MSE_CLIP = 2.5
 
 @dataclasses.dataclass(frozen=True)
 class Variant:
@@ -48,6 +55,8 @@ VARIANTS: Dict[str, Variant] = {
     "int4-no-lss": Variant(Int4Config.paper(lss="off")),
     "int4-hq-search": Variant(Int4Config(hadamard_block="search")),
     "int4-hq128": Variant(Int4Config(hadamard_block=128)),
+    "int4-mse-clip": Variant(Int4Config(scale_levels=1, scale_clip=GAUSSIAN_MSE_CLIP)),
+    "int4-fwd-sr": Variant(Int4Config(forward_rounding="stochastic")),
     "attn-proj-float": Variant(Int4Config(), groups=(("attn", None),)),
     "mlp-float": Variant(Int4Config(), groups=(("mlp", None),)),
     "int4-qk8": Variant(Int4Config(), groups=(("qk", Int4Config(forward_bits=8,

@@ -14,6 +14,7 @@ _CHOICES = {
     "scale_mode": ("row", "tensor", "lsq"),
     "int_range": ("symmetric", "full"),
     "forward_bits": (4, 8),
+    "forward_rounding": ("nearest", "stochastic"),
     "grad_mode": ("bitsplit", "int4", "float"),
     "lss": ("off", "nonzero", "bernoulli", "systematic"),
     "backend": ("auto", "xla", "reference", "pallas", "triton", "mosaic"),
@@ -64,6 +65,11 @@ class Int4Config:
   # the range is [-127, 127] ([-128, 127] with int_range="full") and scale_levels must be 1
   # (m * q has no spare bits). The backward's dY quantization (grad_mode) is unchanged.
   forward_bits: Literal[4, 8] = 4
+  # Rounding of the forward operands X^ and W^: "nearest" (half to even, deterministic) or
+  # "stochastic" (unbiased, E[X^] = XH; a candidate for the LM gap, experiments/variants.py).
+  # Stochastic rounding uses the op's key (independent of the backward's draws); a call
+  # without a key, e.g. evaluation with no 'quant' rng, rounds to nearest.
+  forward_rounding: Literal["nearest", "stochastic"] = "nearest"
   # Gradient (dY) quantization for both backward GEMMs: "bitsplit" = hi + residual INT4 parts
   # (~INT8); "int4" = one INT4 part; "float" = dY unquantized, float GEMMs against the saved
   # dequantized INT4 operands (the "forward only" ablation).
@@ -109,6 +115,9 @@ class Int4Config:
     if self.scale_mode == "lsq" and (self.scale_levels != 1 or self.scale_clip is not None):
       raise ValueError("Int4Config: scale_mode='lsq' learns one step size per tensor; set "
                        "scale_levels=1 and scale_clip=None (Int4Config.paper() does)")
+    if self.scale_mode == "lsq" and self.forward_rounding != "nearest":
+      raise ValueError("Int4Config: scale_mode='lsq' has its step-size gradient defined for "
+                       "round-to-nearest; set forward_rounding='nearest'")
     if self.scale_clip is not None and not self.scale_clip > 0:
       raise ValueError(f"Int4Config.scale_clip must be > 0 or None, got {self.scale_clip!r}")
     if not 0.0 < self.lss_budget <= 1.0:
@@ -144,10 +153,10 @@ class Int4Config:
 
   @property
   def needs_key(self) -> bool:
-    """Whether the backward pass draws random numbers."""
+    """Whether training draws random numbers (a gradient without a key raises)."""
     quantized_grads = self.grad_mode != "float"
-    return (quantized_grads and self.stochastic_rounding) or self.lss in ("bernoulli",
-                                                                           "systematic")
+    return ((quantized_grads and self.stochastic_rounding) or self.forward_rounding == "stochastic"
+            or self.lss in ("bernoulli", "systematic"))
 
   def replace(self, **changes) -> "Int4Config":
     return dataclasses.replace(self, **changes)

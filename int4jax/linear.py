@@ -49,8 +49,9 @@ def int4_linear(x: jax.Array, kernel: jax.Array, bias: Optional[jax.Array] = Non
                 scales: Scales = None) -> jax.Array:
   """INT4 `x @ kernel + bias` with Flax's layout: x (..., in), kernel (in, out) -> (..., out).
 
-  key: PRNG key for the backward pass (stochastic rounding, sampling); it may be None for a
-    forward-only call, and taking a gradient without it raises a ValueError saying what to pass.
+  key: PRNG key for stochastic rounding and sampling; it may be None for a forward-only call
+    (config.forward_rounding='stochastic' then rounds to nearest), and taking a gradient without
+    it raises a ValueError saying what to pass.
   scales: (x_scale, kernel_scale) learnable per-tensor step sizes when config.scale_mode='lsq'.
   Output dtype: the promoted dtype of x and kernel. NaN/Inf in an input makes the outputs that
   depend on its scaling group NaN; all-zero inputs give zeros and finite gradients.
@@ -80,10 +81,20 @@ def backward_keys(key):
   return tuple(jax.random.split(key, 3))
 
 
-def forward_quantize(xh, wh, config: Int4Config, scales: Scales):
+def forward_keys(key, config: Int4Config):
+  """The keys of the forward's stochastic rounding (X, W), drawn apart from `backward_keys`;
+  (None, None) when the forward rounds to nearest or no key is given."""
+  if key is None or config.forward_rounding == "nearest":
+    return None, None
+  return tuple(jax.random.split(jax.random.fold_in(key, 1), 2))
+
+
+def forward_quantize(xh, wh, config: Int4Config, scales: Scales, key=None):
   """(Xv, s_X, Wv, s_W): the int8 operands (INT4 values times their group multipliers, see
-  int4jax/quantizers/two_level.py) and their rank-1 scales ((M, 1) and (1, N), or per tensor ())."""
+  int4jax/quantizers/two_level.py) and their rank-1 scales ((M, 1) and (1, N), or per tensor ()).
+  key: the op's key; used only with config.forward_rounding='stochastic'."""
   qmin, qmax = config.forward_qrange
+  key_x, key_w = forward_keys(key, config)
   if config.scale_mode == "lsq":
     sx, sw = (jnp.where(s > 0, s, jnp.nan) for s in scales)
     xq = quantize.quantize(xh, sx, qmin, qmax)
@@ -92,8 +103,8 @@ def forward_quantize(xh, wh, config: Int4Config, scales: Scales):
   quantize_groups = backend.quantizer(config.backend)
   settings = dict(group=config.scale_group, levels=config.scale_levels,
                   per_row=config.scale_mode == "row", clip_ratio=config.scale_clip)
-  xq, sx = quantize_groups(xh, 1, qmin, qmax, None, **settings)
-  wq, sw = quantize_groups(wh, 0, qmin, qmax, None, **settings)
+  xq, sx = quantize_groups(xh, 1, qmin, qmax, key_x, **settings)
+  wq, sw = quantize_groups(wh, 0, qmin, qmax, key_w, **settings)
   return xq, sx, wq, sw
 
 
@@ -185,7 +196,7 @@ def _int4_matmul(config: Int4Config, xh, wh, scales, key):
 def _forward(config, xh, wh, scales, key):
   op_max = _operand_max(config)
   _check_length(xh.shape[1], op_max, op_max, "forward")
-  xq, sx, wq, sw = forward_quantize(xh, wh, config, scales)
+  xq, sx, wq, sw = forward_quantize(xh, wh, config, scales, key)
   y = backend.scaled_gemm(config.backend)(xq, wq, ((1,), (0,)), sx, sw)
   lsq = (xh, wh, scales) if config.scale_mode == "lsq" else None
   return y, (xq, sx, wq, sw, key, lsq)

@@ -74,8 +74,9 @@ def dither(key, shape):
   return ((h >> 16).astype(jnp.float32) + 0.5) / 65536.0
 
 
-def fake_quant_rows(t, qmin, qmax, group, levels, per_row, clip_ratio):
-  """Two-level quantization of the rows of t (R, K) along K: (m * q as floats, s (R,))."""
+def fake_quant_rows(t, qmin, qmax, group, levels, per_row, clip_ratio, noise=None):
+  """Two-level quantization of the rows of t (R, K) along K: (m * q as floats, s (R,)).
+  noise: U(0, 1) of t's shape for stochastic rounding floor(v + noise); None rounds to nearest."""
   r_count, k = t.shape
   a = jnp.abs(t)
   rng = a.max(axis=1) if per_row else jnp.full((r_count,), a.max())
@@ -91,13 +92,17 @@ def fake_quant_rows(t, qmin, qmax, group, levels, per_row, clip_ratio):
     gmax = jnp.repeat(a.reshape(r_count, k // group, group).max(axis=2), group, axis=1)
     safe = jnp.where(finite & (rng > 0), rng, 1.0)
     mult = jnp.clip(jnp.ceil(levels * gmax / safe[:, None]), 1, levels)
-  q = jnp.clip(jnp.round(t / (scale[:, None] * mult)), qmin, qmax)
+  v = t / (scale[:, None] * mult)
+  v = jnp.round(v) if noise is None else jnp.floor(v + noise)
+  q = jnp.clip(v, qmin, qmax)
   return jnp.where(finite[:, None], q * mult, 0.0), scale
 
 
-def fake_quant_forward(xh, wh, config: Int4Config, scales):
+def fake_quant_forward(xh, wh, config: Int4Config, scales, key=None):
   """The forward operands as (integer-valued floats, outer scales): X (M, K) with (M,), and W
-  transposed, (N, K) with (N,). X^ = ints * scale per row."""
+  transposed, (N, K) with (N,). X^ = ints * scale per row. key: the op's key, for
+  forward_rounding='stochastic' (X's and W's noise from fold_in(key, 1), split in two; W's noise
+  is indexed in W's own (K, N) layout, as the op draws it)."""
   qmin, qmax = config.forward_qrange
   if config.scale_mode == "lsq":
     out = []
@@ -108,7 +113,12 @@ def fake_quant_forward(xh, wh, config: Int4Config, scales):
     return tuple(out)
   settings = (qmin, qmax, config.scale_group, config.scale_levels, config.scale_mode == "row",
               config.scale_clip)
-  return fake_quant_rows(xh, *settings) + fake_quant_rows(wh.T, *settings)
+  noise_x = noise_w = None
+  if key is not None and config.forward_rounding == "stochastic":
+    key_x, key_w = jax.random.split(jax.random.fold_in(key, 1), 2)
+    noise_x = dither(key_x, xh.shape).reshape(xh.shape)
+    noise_w = dither(key_w, wh.shape).reshape(wh.shape).T
+  return (fake_quant_rows(xh, *settings, noise_x) + fake_quant_rows(wh.T, *settings, noise_w))
 
 
 def fake_quant_grad(g, axis, config: Int4Config, key):
@@ -191,7 +201,7 @@ def sampled_rows(dy_scaled, x_deq, config: Int4Config, key):
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
 def _reference(config, x, w, scales, key):
   xh, wh, _ = _transformed(config, x, w)
-  x_int, sx, w_int, sw = fake_quant_forward(xh, wh, config, scales)
+  x_int, sx, w_int, sw = fake_quant_forward(xh, wh, config, scales, key)
   return jnp.matmul(x_int * sx[:, None], (w_int * sw[:, None]).T, precision=_HI)
 
 
@@ -205,7 +215,7 @@ def _reference_bwd(config, res, dy):
     raise ValueError(validation.missing_key_message(config))
   key_dx, key_dw, key_lss = (None,) * 3 if key is None else tuple(jax.random.split(key, 3))
   xh, wh, h = _transformed(config, x, w)
-  x_int, sx, w_int, sw = fake_quant_forward(xh, wh, config, scales)
+  x_int, sx, w_int, sw = fake_quant_forward(xh, wh, config, scales, key)
   dy = dy.astype(jnp.float32)
   # dX~ = Q(dY s_W) W_int^T: W's scale multiplies dX's contraction dim, so it goes into dY first.
   g_dx = fake_quant_grad(dy * sw[None, :], 1, config, key_dx)

@@ -6,17 +6,19 @@ import jax.numpy as jnp
 from int4jax.config import Int4Config
 
 MISSING_KEY = (
-    "int4_linear: this config draws random numbers in the backward pass ({why}), so taking a "
+    "int4_linear: this config draws random numbers in training ({why}), so taking a "
     "gradient needs a PRNG key. Pass key=jax.random.key(seed) (a fresh one per step, e.g. "
     "jax.random.fold_in(key, step)); in int4jax.nn / int4jax.nnx modules pass "
     "rngs={{'quant': key}} to apply (nnx: Rngs(quant=...)). For a deterministic backward use "
-    "Int4Config(stochastic_rounding=False, lss='off' or 'nonzero').")
+    "Int4Config(stochastic_rounding=False, forward_rounding='nearest', lss='off' or 'nonzero').")
 
 
 def missing_key_message(config: Int4Config) -> str:
   why = []
   if config.grad_mode != "float" and config.stochastic_rounding:
     why.append("stochastic_rounding=True")
+  if config.forward_rounding == "stochastic":
+    why.append("forward_rounding='stochastic'")
   if config.lss in ("bernoulli", "systematic"):
     why.append(f"lss={config.lss!r}")
   return MISSING_KEY.format(why=", ".join(why))

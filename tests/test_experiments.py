@@ -209,6 +209,23 @@ def test_variants_quantize_exactly_the_block_linear_layers(workspace):
   assert sum(c is not None and c.forward_bits == 4 for c in qk8.values()) == 4 * layers
 
 
+def test_the_mse_clip_variant_clips_where_gaussian_rows_lose_least():
+  """GAUSSIAN_MSE_CLIP is the clip ratio with the least INT4 error on Gaussian rows, through the
+  library's own quantizer: below it clipping costs more, above it the coarser step does."""
+  from int4jax.quantizers import two_level
+  rows = jax.random.normal(jax.random.key(0), (512, 1024))
+
+  def mse(ratio):
+    q, s = two_level.quantize_two_level(rows, 1, -7, 7, levels=1, clip_ratio=ratio)
+    return float(jnp.mean((two_level.dequantize_two_level(q, s) - rows) ** 2))
+
+  best = variants.GAUSSIAN_MSE_CLIP
+  assert mse(best) < min(mse(best - 0.2), mse(best + 0.2)), [mse(best + d) for d in (-.2, 0, .2)]
+  assert mse(best) < 0.7 * mse(None)  # abs-max (no clip) is clearly worse at 4 bits
+  config = variants.VARIANTS["int4-mse-clip"].config
+  assert config.scale_clip == best and config.scale_levels == 1
+
+
 @pytest.mark.parametrize("task", ["polarity", "shakespeare"])
 def test_every_variant_builds_a_plan_with_int4_block_layers(task, workspace):
   config = _tiny(get_config(task), workspace)

@@ -35,6 +35,9 @@ CONFIGS = {
     "int8-forward": Int4Config(forward_bits=8, scale_levels=1),
     "int8-forward-full-range-int4-grads": Int4Config(forward_bits=8, scale_levels=1,
                                                      int_range="full", grad_mode="int4"),
+    "forward-stochastic": Int4Config(forward_rounding="stochastic"),
+    "forward-stochastic-tensor-one-level": Int4Config(forward_rounding="stochastic",
+                                                      scale_mode="tensor", scale_levels=1),
 }
 
 
@@ -103,6 +106,42 @@ def test_8bit_forward_needs_one_scale_level():
     Int4Config(forward_bits=8)
   with pytest.raises(ValueError, match="forward_bits"):
     Int4Config(forward_bits=6, scale_levels=1)
+
+
+def test_forward_stochastic_rounding_is_unbiased():
+  """forward_rounding='stochastic': X^ and W^ are rounded with independent unbiased noise, so the
+  output's mean over keys converges to x @ w; one draw's error does not shrink. Round-to-nearest
+  is deterministic, so its error is all bias."""
+  config = Int4Config(forward_rounding="stochastic")
+  x, w = make_xw(64, 128, 32, seed=5)
+  exact = x @ w
+  keys = jax.random.split(jax.random.key(3), 256)
+  ys = jax.vmap(lambda k: int4_linear(x, w, key=k, config=config))(keys)
+  one_draw = rel_err(ys[0], exact)
+  mean_err = rel_err(jnp.mean(ys, axis=0), exact)
+  nearest_err = rel_err(int4_linear(x, w), exact)
+  assert mean_err < one_draw / 8, (mean_err, one_draw)  # 1/sqrt(256) = 1/16 for pure noise
+  assert mean_err < nearest_err / 4, (mean_err, nearest_err)
+  assert not np.array_equal(ys[0], ys[1])
+
+
+def test_forward_stochastic_rounding_without_a_key_rounds_to_nearest():
+  """Evaluation (no key, e.g. no 'quant' rng) rounds to nearest; a gradient without a key raises
+  and names the setting that draws."""
+  x, w = make_xw(16, 64, 8, seed=2)
+  stochastic = Int4Config(forward_rounding="stochastic", grad_mode="float")
+  np.testing.assert_array_equal(int4_linear(x, w, config=stochastic),
+                                int4_linear(x, w, config=stochastic.replace(
+                                    forward_rounding="nearest")))
+  with pytest.raises(ValueError, match="forward_rounding='stochastic'"):
+    jax.grad(lambda w: int4_linear(x, w, config=stochastic).sum())(w)
+
+
+def test_forward_stochastic_rounding_is_refused_with_lsq():
+  with pytest.raises(ValueError, match="forward_rounding='nearest'"):
+    Int4Config.paper(forward_rounding="stochastic")
+  with pytest.raises(ValueError, match="forward_rounding"):
+    Int4Config(forward_rounding="dither")
 
 
 def test_forward_error_on_gaussian_data_is_small():
