@@ -114,6 +114,9 @@ def train_one(config, workdir: str, variant: str, seed: int, data, *,
   tx, schedule = task.optimizer(config, steps)
   state, others = initial_state(task, config, data, model, variant, seed, tx)
   train_step = make_train_step(task, model, tx, others, seed)
+  if variant != "fp32" and int4jax.describe_backend("auto").name == "auto-tuned":
+    # On GPU: time the kernel choices of this step's GEMM shapes before jit fixes them.
+    int4jax.tune(train_step, state, task.train_batch(config, data, seed, 0))
 
   evaluate = make_evaluate(task, model)
   manager = _checkpointer(os.path.join(run_dir, "ckpt")) if config.checkpoint_every else None

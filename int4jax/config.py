@@ -3,12 +3,13 @@
 import dataclasses
 from typing import Literal, Optional, Tuple, Union
 
+from int4jax import backends
 from int4jax.quantizers import hadamard, int4_quant as quantize, two_level
 
 ScaleMode = Literal["row", "tensor", "lsq"]
 GradMode = Literal["bitsplit", "int4", "float"]
 LssMode = Literal["off", "nonzero", "bernoulli", "systematic"]
-Backend = Literal["auto", "xla", "reference", "pallas", "triton", "mosaic"]
+Backend = str  # "auto" or a registered backend name (int4jax/backends/)
 
 _CHOICES = {
     "scale_mode": ("row", "tensor", "lsq"),
@@ -17,7 +18,6 @@ _CHOICES = {
     "forward_rounding": ("nearest", "stochastic"),
     "grad_mode": ("bitsplit", "int4", "float"),
     "lss": ("off", "nonzero", "bernoulli", "systematic"),
-    "backend": ("auto", "xla", "reference", "pallas", "triton", "mosaic"),
 }
 
 
@@ -89,8 +89,9 @@ class Int4Config:
   # Integer GEMM implementation: "xla" (lax.dot_general int8 x int8 -> int32: cuBLAS on GPU,
   # exact on CPU); "reference" (plain int32 jnp matmul); "pallas" (Pallas-Triton kernel with the
   # dequantization fused; interpreted on CPU); "triton" (jax-triton kernel, GPU only);
-  # "mosaic" (Pallas Mosaic GPU kernel, Hopper only); "auto"
-  # picks per platform and GEMM shape and reports it (int4jax.backend.describe_backend).
+  # "mosaic" (Pallas Mosaic GPU kernel, Hopper only); any other backend registered in
+  # int4jax/backends/; "auto" picks per platform and GEMM shape (on GPU from int4jax.tune's
+  # choices, a pure lookup under jit) and reports it (int4jax.backend.describe_backend).
   backend: Backend = "auto"
 
   def __post_init__(self):
@@ -98,7 +99,7 @@ class Int4Config:
       raise ValueError("Int4Config: scale_mode='group' (one integer GEMM per group) was retired; "
                        "the default scale_mode='row' has per-group scales in one GEMM "
                        "(scale_group=, scale_levels=)")
-    for name, allowed in _CHOICES.items():
+    for name, allowed in dict(_CHOICES, backend=("auto",) + backends.names()).items():
       if getattr(self, name) not in allowed:
         raise ValueError(f"Int4Config.{name} must be one of {allowed}, got {getattr(self, name)!r}")
     b = self.hadamard_block

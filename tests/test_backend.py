@@ -159,32 +159,6 @@ def test_median_seconds_times_real_work():
   assert 0.0 < t < 1.0
 
 
-def test_gpu_auto_dispatch_consults_the_tuner_per_shape_bucket(monkeypatch):
-  """The GPU 'auto' path, run on CPU: small GEMMs skip tuning; large ones ask the tuner with a
-  key naming device, layout and bucket, then run the chosen backend."""
-  timer = _FakeTimer({"xla": 1.0, "pallas": 2.0})
-  monkeypatch.setattr(backend, "_tuner", autotune.Autotuner(timer=lambda thunk: 0.0))
-  picks = []
-  real_pick = autotune.Autotuner.pick
-
-  def spy(self, key, candidates):
-    picks.append((key, sorted(candidates)))
-    return real_pick(self, key, {n: (lambda n=n: n) for n in candidates})
-  monkeypatch.setattr(autotune.Autotuner, "pick", spy)
-  monkeypatch.setattr(backend._tuner, "timer", timer)
-  monkeypatch.setattr(triton_gemm, "AVAILABLE", False)
-  monkeypatch.setattr(backend, "AUTO_MIN_FLOPS", 2 * 64 * 64 * 64)
-  a = jnp.asarray(np.random.default_rng(0).integers(-8, 8, (64, 128)), jnp.int8)
-  b = jnp.asarray(np.random.default_rng(1).integers(-8, 8, (128, 64)), jnp.int8)
-  got = backend._gpu_auto(a, b, ((1,), (0,)), jnp.float32(2.0), None)
-  small = backend._gpu_auto(a[:8], b, ((1,), (0,)), None, None)
-  assert len(picks) == 1 and picks[0][1] == ["pallas", "xla"]
-  assert "|10|(64, 64, 128)" in picks[0][0]
-  want = backend.scaled_gemm("xla")(a, b, ((1,), (0,)), jnp.float32(2.0), None)
-  np.testing.assert_array_equal(got, want)
-  np.testing.assert_array_equal(small, backend.scaled_gemm("xla")(a[:8], b, ((1,), (0,))))
-
-
 def test_pallas_backend_runs_all_gemms_and_quantizers_as_pallas_kernels():
   x, w = make_xw(16, 64, 8)
   f = jax.grad(lambda x, w: jnp.sum(int4_linear(x, w, key=jax.random.key(0),
@@ -195,28 +169,30 @@ def test_pallas_backend_runs_all_gemms_and_quantizers_as_pallas_kernels():
   assert text.count("pallas_call[") == 7
 
 
-def test_pallas_block_sizes_are_tuned_per_bucket_and_used(monkeypatch):
-  """On GPU (simulated: not interpreted) the tuner picks the tile sizes once per bucket; the
-  chosen GemmBlocks reach the kernel. Interpreted or small GEMMs keep the default."""
-  from int4jax.kernels import pallas_gemm
-  fastest = backend.PALLAS_BLOCK_CANDIDATES[2]
-  timer = _FakeTimer({repr(b): (0.5 if b == fastest else 1.0)
-                      for b in backend.PALLAS_BLOCK_CANDIDATES})
-  monkeypatch.setattr(backend, "_tuner", autotune.Autotuner(timer=timer))
-  monkeypatch.setattr(backend, "AUTO_MIN_FLOPS", 1)
-  real_pick = autotune.Autotuner.pick
-  monkeypatch.setattr(autotune.Autotuner, "pick", lambda self, key, cands: real_pick(
-      self, key, {n: (lambda n=n: n) for n in cands}))
-  shapes = ((64, 128), (128, 32), ((1,), (0,)))
-  assert backend.pallas_blocks(*shapes, interpret=False) == fastest
-  assert backend.pallas_blocks(*shapes, interpret=False) == fastest
-  assert len(timer.calls) == len(backend.PALLAS_BLOCK_CANDIDATES)  # tuned once
-  assert backend.pallas_blocks(*shapes, interpret=True) == pallas_gemm.GemmBlocks()
-  used = []
-  real = pallas_gemm.scaled_gemm_pallas
-  monkeypatch.setattr(pallas_gemm, "scaled_gemm_pallas",
-                      lambda *a, **kw: used.append(kw["blocks"]) or real(*a, **kw))
-  monkeypatch.setattr(backend, "pallas_blocks", lambda *a: fastest)  # as on a GPU
-  a = jnp.ones((64, 128), jnp.int8)
-  backend._scaled_pallas(True)(a, jnp.ones((128, 32), jnp.int8), ((1,), (0,)))
-  assert used == [fastest]
+def test_a_registered_backend_is_accepted_by_the_config_and_runs_every_gemm(monkeypatch):
+  """A new backend is one `Backend` registered in int4jax.backends: the config accepts its
+  name, describe_backend reports it, and the op runs its GEMMs (here XLA's, counted)."""
+  from int4jax import backends
+  from int4jax.backends.xla import with_scales
+  from int4jax.kernels import int_gemm
+  calls = []
+
+  def counted(a, b, contracting):
+    calls.append(contracting)
+    return int_gemm.int_gemm_xla(a, b, contracting)
+  mine = backends.Backend(name="counted-xla", unavailable=lambda p: None,
+                          reason=lambda p: "counts its GEMMs",
+                          scaled_gemm=lambda p: with_scales(counted))
+  with pytest.raises(ValueError, match="backend"):
+    Int4Config(backend="counted-xla")
+  monkeypatch.setitem(backends.base._REGISTRY, mine.name, mine)
+  assert "counted-xla" in backends.names()
+  assert describe_backend("counted-xla").reason == "counts its GEMMs"
+  config = Int4Config(backend="counted-xla")
+  x, w = make_xw(16, 64, 8)
+  got = jax.grad(lambda w: int4_linear(x, w, key=jax.random.key(0), config=config).sum())(w)
+  want = jax.grad(lambda w: int4_linear(x, w, key=jax.random.key(0)).sum())(w)
+  np.testing.assert_array_equal(got, want)
+  assert len(calls) == 3  # forward, dX, dW
+  with pytest.raises(ValueError, match="already registered"):
+    backends.register(mine)

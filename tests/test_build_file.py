@@ -8,14 +8,7 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 def test_every_module_and_test_is_in_build():
   named = set(re.findall(r'"([\w/]+\.py)"', (ROOT / "BUILD").read_text()))
-  # BUILD names kernels/ by its import path int4jax/kernels/ (a symlink to kernels/).
-  named = {"kernels/" + p[len("int4jax/kernels/"):] if p.startswith("int4jax/kernels/") else p
-           for p in named}
-  on_disk = {str(p.relative_to(ROOT)) for d in ("int4jax", "kernels", "tests")
+  on_disk = {str(p.relative_to(ROOT)) for d in ("int4jax", "tests")
              for p in (ROOT / d).rglob("*.py")}
-  # int4jax/kernels is a symlink to kernels/: count those files once, under kernels/ (Bazel's
-  # runfiles hold only the int4jax/kernels/ view).
-  on_disk = {"kernels/" + p[len("int4jax/kernels/"):] if p.startswith("int4jax/kernels/") else p
-             for p in on_disk}
   assert on_disk - named == set(), f"missing from BUILD: {sorted(on_disk - named)}"
   assert named - on_disk == set(), f"in BUILD but not on disk: {sorted(named - on_disk)}"

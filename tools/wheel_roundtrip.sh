@@ -12,7 +12,7 @@ wheel=$(ls "$work"/dist/int4jax-*.whl)
 sdist=$(ls "$work"/dist/int4jax-*.tar.gz)
 echo "built: $(basename "$wheel") $(basename "$sdist")"
 
-# The wheel ships kernels/ as int4jax.kernels; the sdist carries the sources the wheel needs.
+# The wheel ships the package with its kernels; the sdist carries the sources the wheel needs.
 python - "$wheel" "$sdist" <<'PY'
 import sys, tarfile, zipfile
 wheel, sdist = sys.argv[1:]
@@ -22,7 +22,7 @@ for need in ["int4jax/__init__.py", "int4jax/kernels/int_gemm.py", "int4jax/nn/d
   assert need in names, f"wheel lacks {need}"
 assert not any(n.startswith(("tests/", "experiments/")) for n in names), "wheel ships tests"
 members = tarfile.open(sdist).getnames()
-assert any(m.endswith("/kernels/int_gemm.py") for m in members), "sdist lacks kernels/"
+assert any(m.endswith("/int4jax/kernels/int_gemm.py") for m in members), "sdist lacks kernels"
 print(f"wheel: {len(names)} files; sdist: {len(members)} members")
 PY
 

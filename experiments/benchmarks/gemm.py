@@ -19,6 +19,7 @@ import numpy as np
 
 from experiments.benchmarks import timer
 from int4jax import backend
+from int4jax.backends.mosaic import is_hopper
 
 NT = ((1,), (1,))  # A (M, K) . B^T (N, K)
 
@@ -62,7 +63,7 @@ def main(argv=None):
           a, b, NT, r, c).astype(jnp.bfloat16), sets_i8)
     for name, (fn, sets) in candidates.items():
       try:
-        if name == "mosaic" and not backend._is_hopper():
+        if name == "mosaic" and not is_hopper():
           raise RuntimeError("the Mosaic GPU kernel needs a Hopper GPU")
         if name in args.backends:
           backend.describe_backend(name)  # raises, with the reason, where it cannot run

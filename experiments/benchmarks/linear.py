@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from experiments.benchmarks import timer
+import int4jax
 from int4jax import Int4Config, backend, int4_linear
 
 
@@ -51,6 +52,9 @@ def main(argv=None):
         backend.describe_backend(name)  # raises, with the reason, where it cannot run
         cfg = Int4Config(backend=name)
         step = _fwd_bwd(lambda x, w, key, cfg=cfg: int4_linear(x, w, key=key, config=cfg))
+        tuned = int4jax.tune(step, *sets[0])  # "auto" and Pallas tiles: tuned before timing
+        if tuned:
+          print(f"int4-{name}: tuned {tuned}", flush=True)
         ms = timer.median_ms(step, sets, args.repeats)
         rows.append(timer.row("linear fwd+bwd", f"int4-{name}", (t, i, o), ms, flops,
                               bf16_ms))

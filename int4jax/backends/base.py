@@ -1,0 +1,74 @@
+"""`Backend`: the small object every backend module registers."""
+
+import dataclasses
+import logging
+from typing import Callable, Dict, Optional, Tuple
+
+from int4jax.quantizers import two_level
+
+logger = logging.getLogger("int4jax")
+_logged = set()
+
+
+def log_once(message: str) -> None:
+  """Logs `message` on the "int4jax" logger the first time it is seen."""
+  if message not in _logged:
+    _logged.add(message)
+    logger.info("%s", message)
+
+
+# f(x, axis, qmin, qmax, key, *, group, levels, per_row, clip_ratio) -> (int8 values, scales)
+Quantizer = Callable
+# f(a, b, contracting, row_scale=None, col_scale=None) -> float32
+ScaledGemm = Callable
+# f(a, b, contracting) -> int32
+IntGemm = Callable
+
+
+def quantize_jnp(x, axis, qmin, qmax, key, **two_level_settings):
+  """The jnp two-level quantizer (int4jax/quantizers/two_level.py); XLA fuses it."""
+  return two_level.quantize_two_level(x, axis, qmin, qmax, key=key, **two_level_settings)
+
+
+@dataclasses.dataclass(frozen=True)
+class Backend:
+  """One way to run the op's quantizers and integer GEMMs. Every callable takes the platform
+  ("cpu", "gpu", ...) so that one backend can run differently per platform (e.g. interpreted)."""
+
+  name: str
+  # platform -> why this backend cannot run there (an error message naming the fix), or None
+  unavailable: Callable[[str], Optional[str]]
+  # platform -> what runs and why, for describe_backend and the log
+  reason: Callable[[str], str]
+  # platform -> the scaled GEMM
+  scaled_gemm: Callable[[str], ScaledGemm]
+  # platform -> the raw int32 GEMM; default: XLA's int8 dot
+  int_gemm: Optional[Callable[[str], IntGemm]] = None
+  # platform -> the quantizer; default: the jnp quantizer
+  quantizer: Callable[[str], Quantizer] = lambda platform: quantize_jnp
+  # platform -> whether its kernels run in an interpreter there (slow; for tests)
+  interprets: Callable[[str], bool] = lambda platform: False
+  # whether GPU "auto" times this backend as a candidate (where it is available)
+  auto_candidate: bool = True
+
+
+_REGISTRY: Dict[str, Backend] = {}
+
+
+def register(backend: Backend) -> Backend:
+  """Adds `backend` under its name (a name registers once)."""
+  if backend.name in _REGISTRY or backend.name == "auto":
+    raise ValueError(f"int4jax backend {backend.name!r} is already registered")
+  _REGISTRY[backend.name] = backend
+  return backend
+
+
+def get(name: str) -> Backend:
+  if name not in _REGISTRY:
+    raise ValueError(f"unknown int4jax backend {name!r}; available: {list(_REGISTRY)} or 'auto'")
+  return _REGISTRY[name]
+
+
+def names() -> Tuple[str, ...]:
+  """The registered backend names, in registration order."""
+  return tuple(_REGISTRY)
