@@ -1,7 +1,7 @@
 """The GPU kernels compiled and run on a GPU, against the same references as the CPU tests.
 
-Marked `gpu`: skipped (and reported as skipped) without one. experiments/gpu_check.sh runs these
-together with the benchmarks in one call on the GPU machine.
+Marked `gpu`: skipped (and reported as skipped) without one. experiments/benchmarks/gpu_check.sh
+runs these together with the benchmarks in one call on the GPU machine.
 """
 
 import jax

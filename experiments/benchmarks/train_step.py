@@ -1,11 +1,13 @@
 """Training-step time of a task config, fp32 against INT4 variants, with the benchmarks' timer.
 
   python -m experiments.benchmarks.train_step --task shakespeare --size cpu [--variants fp32 int4]
+      [--data_dir DIR] [--tiny]
 
 Builds each variant's model and jitted step exactly as experiments.train does (one real batch,
 the task's optimizer), then times the steps round-robin (benchmarks.timer.time_interleaved), so
 a slow spell of a shared machine hits every variant alike. Prints and writes
 experiments/results/train_step_<task>.{json,md}: median ms per step and the ratio to fp32.
+--tiny shrinks an LM config to one narrow block on short sequences (the GPU script's CPU run).
 """
 
 import argparse
@@ -13,6 +15,9 @@ import argparse
 from experiments import tasks, train
 from experiments.benchmarks import timer
 from experiments.configs import TASKS, get_config
+
+# --tiny: the LM shrunk so that a CPU times it in seconds (vocabulary and data unchanged)
+TINY_LM = dict(num_layers=1, hidden_size=32, num_heads=2, seq_len=16, batch_size=4)
 
 
 def step_fn(task, config, data, variant: str):
@@ -55,13 +60,22 @@ def main(argv=None):
   parser.add_argument("--size", default="cpu")
   parser.add_argument("--variants", nargs="+", default=["fp32", "int4"])
   parser.add_argument("--repeats", type=int, default=10)
+  parser.add_argument("--data_dir", default=None)
+  parser.add_argument("--name", default=None, help="output file name (default train_step_<task>)")
+  parser.add_argument("--tiny", action="store_true", help="shrink an LM config (CPU checks)")
   parser.add_argument("--out", default="experiments/results")
   args = parser.parse_args(argv)
   config = get_config(args.task, args.size)
+  if args.data_dir:
+    config = config.replace(data_dir=args.data_dir)
+  if args.tiny:
+    if config.kind != "lm":
+      parser.error("--tiny shrinks the LM configs only")
+    config = config.replace(**TINY_LM)
   rows = run(config, args.variants, args.repeats)
   for r in rows:
     print(f"{r['variant']:18s} {r['median_ms']:9.2f} ms/step  x{r['ratio_vs_fp32']} fp32")
-  timer.write_results(rows, f"train_step_{config.task}", args.out,
+  timer.write_results(rows, args.name or f"train_step_{config.task}", args.out,
                       {"task": config.task, "batch_size": config.batch_size,
                        "repeats": args.repeats}, markdown)
 
