@@ -67,11 +67,36 @@ def int4_linear(x: jax.Array, kernel: jax.Array, bias: Optional[jax.Array] = Non
       hadamard.pad_to_block(kernel.astype(jnp.float32), multiple, 0), block, 0)
   if scales is not None:
     scales = tuple(jnp.asarray(s, jnp.float32) for s in scales)
+  xh, wh, scales = _same_vma(xh, wh, scales)
   y = _int4_matmul(config, xh, wh, scales, key)
   y = y.reshape(x.shape[:-1] + (n_out,))
   if bias is not None:
     y = y + bias.astype(jnp.float32).reshape((1,) * (y.ndim - 1) + (n_out,))
   return y.astype(out_dtype)
+
+
+def _same_vma(*trees):
+  """Under `shard_map` (check_vma=True): every float input made varying over the union of the
+  mesh axes any of them varies over. The custom VJP's cotangents vary like its outputs, so its
+  inputs must too; `pcast(..., to="varying")` transposes to the psum that a replicated input's
+  gradient needs (e.g. the weight under data parallelism). Outside shard_map: unchanged."""
+  union = frozenset().union(*map(_varying_axes, jax.tree.leaves(trees)))
+  if not union:
+    return trees
+
+  def cast(a):
+    missing = tuple(sorted(union - _varying_axes(a)))
+    return jax.lax.pcast(a, missing, to="varying") if missing else a
+  return jax.tree.map(cast, trees)
+
+
+def _varying_axes(a) -> frozenset:
+  """The manual mesh axes `a` varies over (its type's vma; empty outside shard_map)."""
+  aval = jax.typeof(a)
+  vma = getattr(aval, "vma", None)  # newer jax
+  if vma is None:
+    vma = getattr(getattr(aval, "manual_axis_type", None), "varying", None)  # jax 0.10
+  return frozenset(vma or ())
 
 
 def backward_keys(key):

@@ -6,11 +6,16 @@ failure too). It prints where int4jax was imported from, so a log shows that the
 target's runfiles rather than an installed copy.
 """
 
+import os
 import sys
 
 import pytest
 
 if __name__ == "__main__":
+  # As tests/conftest.py: 8 CPU devices for the sharding tests, set before jax initialises.
+  if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
+                               + " --xla_force_host_platform_device_count=8").strip()
   import int4jax
   print(f"int4jax {int4jax.__version__} from {int4jax.__file__}", file=sys.stderr)
   sys.exit(pytest.main(["-q", "-p", "no:cacheprovider", *sys.argv[1:]]))

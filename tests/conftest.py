@@ -1,4 +1,12 @@
-import jax
+import os
+
+# 8 CPU devices for the sharding tests (tests/test_shard_map.py); single-device tests use the
+# first, as before. Set before jax initialises its backend.
+if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
+  os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
+                             + " --xla_force_host_platform_device_count=8").strip()
+
+import jax  # noqa: E402
 
 # Shapes must broadcast on purpose, never by accident.
 jax.config.update("jax_numpy_rank_promotion", "raise")
