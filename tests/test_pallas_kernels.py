@@ -266,12 +266,28 @@ def test_mosaic_gemm_bad_input_is_refused():
 @pytest.mark.parametrize("arch,instruction", [
     (90, "wgmma.mma_async.sync.aligned.m64n128k32.s32.s8.s8"),
     (80, "mma.sync.aligned.m16n8k32.row.col")])
-@pytest.mark.parametrize("transposed_b", [False, True])
-def test_jax_triton_kernel_compiles_to_int8_tensor_core_mma(arch, instruction, transposed_b):
-  """The jax-triton kernel compiled by Triton without a GPU: its PTX multiplies s8 x s8 into s32
-  on tensor cores (wgmma on Hopper, mma.sync on Ampere)."""
+def test_jax_triton_kernel_compiles_to_pipelined_int8_tensor_core_mma(arch, instruction):
+  """The jax-triton kernel compiled by Triton without a GPU, as a real launch compiles it (16-byte
+  aligned buffers, B K-major as scaled_gemm_triton passes it): s8 x s8 -> s32 on tensor cores
+  (wgmma on Hopper, mma.sync on Ampere), and every operand tile loaded with cp.async (pipelined):
+  the only synchronous global loads left are the epilogue's row and column scales."""
   from int4jax.kernels import triton_gemm
   if not triton_gemm.HAS_TRITON:
     pytest.skip(f"the triton package is not installed: {triton_gemm.IMPORT_ERROR}")
-  ptx = triton_gemm.compile_for_cuda(arch, transposed_b=transposed_b)["ptx"]
+  ptx = triton_gemm.compile_for_cuda(arch)["ptx"]
   assert instruction in ptx and ".s8.s8" in ptx
+  assert "cp.async.cg" in ptx and "cp.async.commit_group" in ptx
+  assert ptx.count("ld.global") == 2, ptx.count("ld.global")
+
+
+def test_jax_triton_needs_k_major_b_and_alignment_to_pipeline_on_hopper():
+  """Why scaled_gemm_triton transposes B to (N, K) and why the compile check passes alignment:
+  on sm_90 a (K, N) B tile is loaded synchronously (more ld.global), and without alignment
+  nothing is pipelined at all."""
+  from int4jax.kernels import triton_gemm
+  if not triton_gemm.HAS_TRITON:
+    pytest.skip(f"the triton package is not installed: {triton_gemm.IMPORT_ERROR}")
+  k_n = triton_gemm.compile_for_cuda(90, transposed_b=False)["ptx"]
+  assert k_n.count("ld.global") > 2
+  unaligned = triton_gemm.compile_for_cuda(90, aligned=False)["ptx"]
+  assert "cp.async" not in unaligned

@@ -1,5 +1,6 @@
 """"triton": the jax-triton GEMM (int4jax/kernels/triton_gemm.py), epilogue fused; CUDA GPUs
-with the `int4jax[triton]` extra."""
+with the `int4jax[triton]` extra. The kernel pipelines only K-major operands, so the others are
+transposed by XLA first (one int8 copy each)."""
 
 from int4jax.backends.base import Backend, register
 from int4jax.kernels import triton_gemm
@@ -33,7 +34,7 @@ def _unavailable(platform):
 TRITON = register(Backend(
     name="triton",
     unavailable=_unavailable,
-    reason=lambda platform: "jax-triton",
+    reason=lambda platform: "jax-triton; operands that are not K-major are transposed by XLA first",
     scaled_gemm=_scaled,
     int_gemm=lambda platform: lambda a, b, c: triton_gemm.scaled_gemm_triton(
         a, b, contracting=_static(c)),

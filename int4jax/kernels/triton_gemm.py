@@ -44,9 +44,10 @@ if HAS_TRITON:  # defined wherever triton imports, so it can be compiled for sm_
                           stride_ak: tl.constexpr, stride_bk: tl.constexpr,
                           stride_bn: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                           BLOCK_K: tl.constexpr, EPILOGUE: tl.constexpr, HAS_BIAS: tl.constexpr):
-    rm = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
-    rn = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
-    rk = tl.arange(0, BLOCK_K)
+    # int64 offsets: row * stride overflows int32 once M*K or K*N reaches 2^31.
+    rm = (tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)).to(tl.int64)
+    rn = (tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)).to(tl.int64)
+    rk = tl.arange(0, BLOCK_K).to(tl.int64)
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
     for k0 in range(0, K, BLOCK_K):
       kk = k0 + rk
@@ -81,25 +82,32 @@ def scaled_gemm_triton(a: jax.Array, b: jax.Array, row_scale=None, col_scale=Non
   m, n, k = gemm_shape(a, b, contracting)
   epilogue = row_scale is not None or col_scale is not None or bias is not None
   out_dtype = jnp.dtype(out_dtype or (jnp.float32 if epilogue else jnp.int32))
-  # Row-major operands: (M, K) has strides (K, 1); its transpose (K, M) has (1, M).
-  stride_am, stride_ak = (1, m) if ca == 0 else (k, 1)
-  stride_bk, stride_bn = (1, k) if cb == 1 else (n, 1)
+  # s8 wgmma reads both operands K-major from shared memory. Triton pipelines (cp.async) only
+  # the loads of K-major operands; a (K, N) B tile is loaded synchronously and transposed in
+  # registers (tests/test_pallas_kernels.py reads it in the PTX). So operands that are not
+  # K-major are transposed here first, by XLA: one int8 copy.
+  a_km = a if ca == 1 else a.T  # (M, K)
+  b_nk = b if cb == 1 else b.T  # (N, K)
   row = scale_vector(row_scale, m, "row_scale")
   col = scale_vector(col_scale, n, "col_scale")
   bias_v = jnp.zeros((n,), jnp.float32) if bias is None else jnp.asarray(bias, jnp.float32)
   bm, bn, bk = blocks.block_m, blocks.block_n, blocks.block_k
   return jax_triton.triton_call(
-      a, b, row, col, bias_v, kernel=_scaled_gemm_kernel,
+      a_km, b_nk, row, col, bias_v, kernel=_scaled_gemm_kernel,
       out_shape=jax.ShapeDtypeStruct((m, n), out_dtype),
       grid=(-(-m // bm), -(-n // bn)), num_warps=blocks.num_warps, num_stages=blocks.num_stages,
-      M=m, N=n, K=k, stride_am=stride_am, stride_ak=stride_ak, stride_bk=stride_bk,
-      stride_bn=stride_bn, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, EPILOGUE=epilogue,
+      M=m, N=n, K=k, stride_am=k, stride_ak=1, stride_bk=1, stride_bn=k, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, EPILOGUE=epilogue,
       HAS_BIAS=bias is not None)
 
 
-def compile_for_cuda(arch: int = 90, *, transposed_b: bool = False, epilogue: bool = True,
-                     blocks: GemmBlocks = GemmBlocks(), shape=(1024, 1024, 1024)):
-  """The kernel compiled by Triton for sm_<arch> with no GPU: {'ptx': ..., 'ttgir': ...}."""
+def compile_for_cuda(arch: int = 90, *, transposed_b: bool = True, epilogue: bool = True,
+                     blocks: GemmBlocks = GemmBlocks(), shape=(1024, 1024, 1024),
+                     aligned: bool = True):
+  """The kernel compiled by Triton for sm_<arch> with no GPU: {'ptx': ..., 'ttgir': ...}.
+
+  transposed_b: B given K-major as (N, K), as `scaled_gemm_triton` passes it (False: (K, N)).
+  aligned: the pointers marked 16-byte aligned, as jax-triton marks the buffers of a real launch
+  (Triton vectorises and pipelines loads only when it knows the alignment)."""
   if not HAS_TRITON:
     raise RuntimeError(f"compiling the triton kernel needs the triton package; {IMPORT_ERROR}")
   from triton.backends.compiler import GPUTarget
@@ -111,8 +119,10 @@ def compile_for_cuda(arch: int = 90, *, transposed_b: bool = False, epilogue: bo
   signature = {"a_ptr": "*i8", "b_ptr": "*i8", "row_ptr": "*fp32", "col_ptr": "*fp32",
                "bias_ptr": "*fp32", "c_ptr": "*bf16" if epilogue else "*i32",
                **{name: "constexpr" for name in constexprs}}
+  pointers = [i for i, kind in enumerate(signature.values()) if kind.startswith("*")]
+  attrs = {(i,): [["tt.divisibility", 16]] for i in pointers} if aligned else {}
   src = triton.compiler.ASTSource(fn=_scaled_gemm_kernel, signature=signature,
-                                  constexprs=constexprs)
+                                  constexprs=constexprs, attrs=attrs)
   compiled = triton.compile(src, target=GPUTarget("cuda", arch, 32),
                             options={"num_warps": blocks.num_warps,
                                      "num_stages": blocks.num_stages})
