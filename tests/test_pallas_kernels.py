@@ -154,6 +154,25 @@ def test_fused_quantizer_matches_reference(case):
     assert int(jnp.max(jnp.abs(q))) > kw["qmax"]
 
 
+@pytest.mark.parametrize("case", sorted(c for c in QUANT_CASES if "stochastic" in QUANT_CASES[c]))
+def test_the_kernel_hashes_the_same_dither_as_the_jnp_quantizer(case):
+  """With `seed` the kernel computes the dither from the element's flat index (nothing read from
+  memory): the same integers as the dither array and as the reference with the key, including
+  gathered rows and column groups."""
+  x, kw = _quant_args(case, np.random.default_rng(15))
+  key = jax.random.key(7)  # _quant_args's dither is uniform_dither(key, gathered shape)
+  dither = kw.pop("dither")
+  q_seed, s_seed = pallas_quantize.quantize_pallas(x, blocks=SMALL_QUANT, interpret=True,
+                                                   seed=int4_quant.dither_seed(key), **kw)
+  q_arr, _ = pallas_quantize.quantize_pallas(x, blocks=SMALL_QUANT, interpret=True,
+                                             dither=dither, **kw)
+  q_ref, _ = pallas_quantize.quantize_reference(x, key=key, **kw)
+  np.testing.assert_array_equal(q_seed, q_arr)
+  np.testing.assert_array_equal(q_seed, q_ref)
+  q_near, _ = pallas_quantize.quantize_pallas(x, blocks=SMALL_QUANT, interpret=True, **kw)
+  assert not np.array_equal(q_seed, q_near)  # the dither is really applied
+
+
 def test_quantizer_reference_agrees_with_the_library_quantizers():
   """The kernel's reference is the op's own math: block Hadamard + abs-max per row + RTN (one
   level: the plain abs-max quantizer)."""
@@ -210,6 +229,13 @@ def test_quantizer_bad_input_is_refused():
   with pytest.raises(ValueError, match="dither"):
     pallas_quantize.quantize_pallas(x, axis=1, qmin=-7, qmax=7, dither=jnp.ones((2, 2)),
                                     interpret=True)
+  seed = int4_quant.dither_seed(jax.random.key(0))
+  with pytest.raises(ValueError, match="not both"):
+    pallas_quantize.quantize_pallas(x, axis=1, qmin=-7, qmax=7, dither=jnp.ones((16, 48)),
+                                    seed=seed, interpret=True)
+  with pytest.raises(TypeError, match="uint32"):
+    pallas_quantize.quantize_pallas(x, axis=1, qmin=-7, qmax=7, seed=seed.astype(jnp.int32),
+                                    interpret=True)
 
 
 def _lowered_for_cuda(fn, *avals):
@@ -229,10 +255,14 @@ def test_gemm_lowers_for_cuda_without_a_gpu(layout):
   assert "__gpu$xla.gpu.triton" in text
 
 
-@pytest.mark.parametrize("case", sorted(QUANT_CASES))
+@pytest.mark.parametrize("case", sorted(QUANT_CASES) + ["dw_dy_hashed"])
 def test_quantizer_lowers_for_cuda_without_a_gpu(case):
-  x, kw = _quant_args(case, np.random.default_rng(14))
-  arrays = {k: kw.pop(k) for k in ("rows", "row_weights", "dither") if k in kw}
+  hashed = case.endswith("_hashed")
+  x, kw = _quant_args(case.removesuffix("_hashed"), np.random.default_rng(14))
+  if hashed:  # the dither computed in the kernel (uint32 hash) instead of read
+    kw["seed"] = int4_quant.dither_seed(jax.random.key(0))
+    kw.pop("dither")
+  arrays = {k: kw.pop(k) for k in ("rows", "row_weights", "dither", "seed") if k in kw}
   text = _lowered_for_cuda(lambda x, arrays: pallas_quantize.quantize_pallas(x, **arrays, **kw),
                            x.astype(jnp.bfloat16), arrays)
   assert "__gpu$xla.gpu.triton" in text

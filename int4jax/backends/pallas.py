@@ -10,7 +10,7 @@ import jax.numpy as jnp
 from int4jax import tuning
 from int4jax.backends.base import Backend, log_once, quantize_jnp, register
 from int4jax.kernels import int_gemm, pallas_gemm, pallas_quantize
-from int4jax.quantizers.int4_quant import uniform_dither
+from int4jax.quantizers.int4_quant import dither_seed
 
 # Tile sizes `int4jax.tune` tries for the GEMM (the default first).
 BLOCK_CANDIDATES = (
@@ -84,9 +84,9 @@ def _quantizer(platform):
       log_once("int4jax backend 'pallas': quantizer: jnp for per-tensor / clipped scales")
       return quantize_jnp(x, axis, qmin, qmax, key, group=group, levels=levels,
                           per_row=per_row, clip_ratio=clip_ratio)
-    dither = None if key is None else uniform_dither(key, x.shape)
+    seed = None if key is None else dither_seed(key)  # the kernel hashes the dither itself
     q, scale = pallas_quantize.quantize_pallas(
-        x, axis=axis, qmin=qmin, qmax=qmax, dither=dither, group=group, levels=levels,
+        x, axis=axis, qmin=qmin, qmax=qmax, seed=seed, group=group, levels=levels,
         interpret=interpret)
     return q, (scale[:, None] if axis == 1 else scale[None, :])
   return quantize

@@ -18,8 +18,10 @@ length fits in registers and the input is read twice, never written back in floa
 The Hadamard of a chunk is one dense matmul with BlockDiag(H_b, ..., H_b) of size block_red (zeros
 off the diagonal blocks), in float32 at HIGHEST precision. Rounding matches
 `int4jax.quantizers.int4_quant.quantize`: round-half-even built from floor (Triton has no round),
-or stochastic floor(v + u) with the dither `u` passed in (Pallas-Triton has no PRNG), clipped to
-[qmin, qmax]; a group holding NaN/Inf gets a NaN scale and zero integers.
+or stochastic floor(v + u), clipped to [qmin, qmax]; a group holding NaN/Inf gets a NaN scale and
+zero integers. The dither u is either computed in the kernel from `seed` (the two words of
+`int4_quant.dither_seed(key)`), by the same counter-based hash of the element's flat index as
+`int4_quant.uniform_dither` (so nothing is read from memory for it), or handed in as an array.
 """
 
 import dataclasses
@@ -71,14 +73,28 @@ def _group_multipliers(x, safe_range, group, levels):
   return mult
 
 
-def _kernel(*refs, axis, gather, weighted, stochastic, transform, groups_first, num_chunks,
-            block_red, qmin, qmax, group, levels):
+def _hash_uniform(index, seed0, seed1):
+  """U(0, 1) on a 16-bit grid from a uint32 element index: two rounds of a xor-shift-multiply
+  finalizer keyed by (seed0, seed1), written out here (the definition is
+  int4jax.quantizers.int4_quant.uniform_dither; the tests compare the two bit for bit)."""
+  def mix(v):
+    v = v ^ (v >> 16)
+    v = v * jnp.uint32(0x7FEB352D)
+    v = v ^ (v >> 15)
+    v = v * jnp.uint32(0x846CA68B)
+    return v ^ (v >> 16)
+  h = mix(mix(index ^ seed0) + seed1)
+  return ((h >> 16).astype(jnp.float32) + 0.5) * (1.0 / 65536)
+
+
+def _kernel(*refs, axis, gather, weighted, dither_mode, transform, groups_first, num_chunks,
+            block_red, qmin, qmax, group, levels, n_cols):
   refs = list(refs)
   s_ref, q_ref = refs.pop(), refs.pop()
   x_ref = refs.pop(0)
   idx_ref = refs.pop(0) if gather else None
   w_ref = refs.pop(0) if weighted else None
-  u_ref = refs.pop(0) if stochastic else None
+  u_ref = refs.pop(0) if dither_mode is not None else None  # the dither, or its seed words
   h_ref = refs.pop(0) if transform else None
   block_groups = s_ref.shape[0]
   g0 = pl.program_id(0) * block_groups
@@ -113,6 +129,17 @@ def _kernel(*refs, axis, gather, weighted, stochastic, transform, groups_first, 
     bad = bad + jnp.sum(jnp.where(finite, 0.0, 1.0), axis=1)
     return amax, bad
 
+  def noise(c):
+    """The U(0, 1) tile of chunk c (groups first): read, or hashed from the element's flat index
+    in the (gathered) unpadded array, as uniform_dither numbers it (mod 2^32)."""
+    if dither_mode == "array":
+      return tile(u_ref, c)
+    shape = (block_groups, block_red)
+    grp = (g0 + lax.broadcasted_iota(jnp.int32, shape, 0)).astype(jnp.uint32)
+    red = (c * block_red + lax.broadcasted_iota(jnp.int32, shape, 1)).astype(jnp.uint32)
+    row, col = (grp, red) if axis == 1 else (red, grp)
+    return _hash_uniform(row * jnp.uint32(n_cols) + col, u_ref[0], u_ref[1])
+
   zeros = jnp.zeros((block_groups,), jnp.float32)
   amax, bad = lax.fori_loop(0, num_chunks, absmax, (zeros, zeros))
   scale = jnp.where(amax > 0, amax / (qmax * levels), 1.0)
@@ -128,8 +155,8 @@ def _kernel(*refs, axis, gather, weighted, stochastic, transform, groups_first, 
     else:
       v = x / scale[:, None]
     v = jnp.clip(v, float(qmin), float(qmax))
-    if stochastic:
-      v = jnp.clip(jnp.floor(v + tile(u_ref, c)), float(qmin), float(qmax))
+    if dither_mode is not None:
+      v = jnp.clip(jnp.floor(v + noise(c)), float(qmin), float(qmax))
     else:
       v = _round_half_even(v)
     if levels > 1:
@@ -155,7 +182,8 @@ def _block_diag_hadamard(block: int, size: int) -> jax.Array:
 def quantize_pallas(x: jax.Array, *, axis: int, qmin: int, qmax: int, hadamard_block: int = 1,
                     group: int = 16, levels: int = 1,
                     rows: Optional[jax.Array] = None, row_weights: Optional[jax.Array] = None,
-                    dither: Optional[jax.Array] = None, transpose_out: bool = False,
+                    dither: Optional[jax.Array] = None, seed: Optional[jax.Array] = None,
+                    transpose_out: bool = False,
                     blocks: QuantizeBlocks = QuantizeBlocks(), interpret: bool = False):
   """(int8 values, float32 scales) of the groups of x (2-D) along `axis`; see the module doc.
 
@@ -164,8 +192,10 @@ def quantize_pallas(x: jax.Array, *, axis: int, qmin: int, qmax: int, hadamard_b
     per `group` consecutive reduced elements; levels=1 is plain abs-max.
 
   rows: optional int32 (R,) indices of dim-0 rows to gather first (x[rows]); row_weights:
-    optional (R,) multipliers of those rows. dither: U(0, 1) noise of the gathered shape for
-    stochastic rounding (None rounds to nearest). hadamard_block must divide x's reduced length.
+    optional (R,) multipliers of those rows. Stochastic rounding: seed, the (2,) uint32 words of
+    `int4_quant.dither_seed(key)` (the kernel hashes the dither of `uniform_dither(key, shape)`
+    itself, shape being the gathered one), or dither, that U(0, 1) noise as an array; neither
+    rounds to nearest. hadamard_block must divide x's reduced length.
   Returns q with the gathered shape (transposed if transpose_out) and scales of shape (groups,).
   """
   if x.ndim != 2 or axis not in (0, 1):
@@ -174,9 +204,14 @@ def quantize_pallas(x: jax.Array, *, axis: int, qmin: int, qmax: int, hadamard_b
     raise TypeError(f"quantize_pallas takes a float array, got {x.dtype}")
   n_rows = x.shape[0] if rows is None else rows.shape[0]
   shape = (n_rows, x.shape[1])
-  for name, v, want in (("row_weights", row_weights, (n_rows,)), ("dither", dither, shape)):
+  for name, v, want in (("row_weights", row_weights, (n_rows,)), ("dither", dither, shape),
+                        ("seed", seed, (2,))):
     if v is not None and v.shape != want:
       raise ValueError(f"{name} must have shape {want}, got {v.shape}")
+  if dither is not None and seed is not None:
+    raise ValueError("quantize_pallas takes a dither array or a seed, not both")
+  if seed is not None and seed.dtype != jnp.uint32:
+    raise TypeError(f"seed must be uint32 (int4_quant.dither_seed(key)), got {seed.dtype}")
   n_groups, n_red = (shape[0], shape[1]) if axis == 1 else (shape[1], shape[0])
   b = hadamard_block
   if not hadamard.is_power_of_two(b) or n_red % b:
@@ -209,6 +244,9 @@ def quantize_pallas(x: jax.Array, *, axis: int, qmin: int, qmax: int, hadamard_b
   if dither is not None:
     operands.append(pad_to(dither.astype(jnp.float32), padded))
     in_specs.append(pl.BlockSpec(padded, lambda i: (0, 0)))
+  if seed is not None:
+    operands.append(seed)
+    in_specs.append(pl.BlockSpec((2,), lambda i: (0,)))
   if b > 1:
     operands.append(_block_diag_hadamard(b, br))
     in_specs.append(pl.BlockSpec((br, br), lambda i: (0, 0)))
@@ -216,8 +254,9 @@ def quantize_pallas(x: jax.Array, *, axis: int, qmin: int, qmax: int, hadamard_b
   groups_first = (axis == 1) != transpose_out
   kernel = functools.partial(
       _kernel, axis=axis, gather=rows is not None, weighted=row_weights is not None,
-      stochastic=dither is not None, transform=b > 1, groups_first=groups_first,
-      num_chunks=rp // br, block_red=br, qmin=qmin, qmax=qmax, group=group, levels=levels)
+      dither_mode="array" if dither is not None else ("hash" if seed is not None else None),
+      transform=b > 1, groups_first=groups_first, num_chunks=rp // br, block_red=br, qmin=qmin,
+      qmax=qmax, group=group, levels=levels, n_cols=shape[1])
   q, scale = pl.pallas_call(
       kernel,
       out_shape=(jax.ShapeDtypeStruct((gp, rp) if groups_first else (rp, gp), jnp.int8),
@@ -237,9 +276,10 @@ def quantize_pallas(x: jax.Array, *, axis: int, qmin: int, qmax: int, hadamard_b
 
 def quantize_reference(x: jax.Array, *, axis: int, qmin: int, qmax: int, hadamard_block: int = 1,
                        group: int = 16, levels: int = 1, rows=None, row_weights=None, dither=None,
-                       transpose_out: bool = False):
+                       key=None, transpose_out: bool = False):
   """Pure-jnp meaning of `quantize_pallas`: the library's own quantizer (gather, weight, block
-  Hadamard, then int4jax.quantizers.two_level)."""
+  Hadamard, then int4jax.quantizers.two_level). key: stochastic rounding with
+  uniform_dither(key, shape) (the kernel's `seed` is dither_seed(key))."""
   if rows is not None:
     x = x[rows]
   x = x.astype(jnp.float32)
@@ -247,5 +287,5 @@ def quantize_reference(x: jax.Array, *, axis: int, qmin: int, qmax: int, hadamar
     x = x * row_weights.astype(jnp.float32)[:, None]
   x = hadamard.block_hadamard(x, hadamard_block, axis)
   q, scale = two_level.quantize_two_level(x, axis, qmin, qmax, group=group, levels=levels,
-                                          dither=dither)
+                                          dither=dither, key=key)
   return (q.T if transpose_out else q), scale.reshape(-1)
