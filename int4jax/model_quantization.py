@@ -7,15 +7,15 @@ from flax import nnx
 
 from int4jax.config import Int4Config
 from int4jax.nn.quantize import QuantizedModel, quantize_linen
-from int4jax.nnx.linear import Linear as NnxInt4Linear
-from int4jax.nnx.quantize import quantize_nnx
+from int4jax.nnx.quantize import INT4_TYPES as NNX_INT4_TYPES, SWAPS as NNX_SWAPS, quantize_nnx
 from int4jax.rules import QuantRule
 
 
 def quantize_model(model, rules: Optional[Sequence[QuantRule]] = None, *,
                    config: Int4Config = Int4Config(), exclude: Sequence[str] = (),
                    rngs: Optional[nnx.Rngs] = None):
-  """INT4 for the Dense/DenseGeneral (linen) or Linear (NNX) layers of `model` that the rules pick.
+  """INT4 for the linear layers of `model` that the rules pick: linen Dense, DenseGeneral and
+  Einsum; NNX Linear, LinearGeneral (nnx.MultiHeadAttention's projections) and Einsum.
 
   rules: QuantRule(path=regex, config=Int4Config or None), first full match on the '/'-joined
     module path wins, unmatched layers stay float. Shorthand without rules: every layer gets
@@ -25,7 +25,8 @@ def quantize_model(model, rules: Optional[Sequence[QuantRule]] = None, *,
   NNX: swaps the matched nnx.Linear layers IN PLACE for int4jax.nnx.Linear sharing their Params
     and returns the same model; `rngs` supplies the 'quant' stream for backward randomness.
   Embeddings, attention's QK^T / PV, norms and activations are not linear layers here and stay
-    float.
+    float, as does an Einsum whose equation is not a (tokens x in) @ (in x out) contraction
+    (logged).
   """
   if isinstance(model, nn.Module):
     if rngs is not None:
@@ -40,12 +41,13 @@ def quantize_model(model, rules: Optional[Sequence[QuantRule]] = None, *,
 
 def quantization_plan(model, *example_args, **example_kwargs) -> Dict[str, Optional[Int4Config]]:
   """{layer path: Int4Config, or None when float}: a QuantizedModel's plan on example inputs, or
-  an NNX model's Linear layers as they are now."""
+  an NNX model's Linear / LinearGeneral / Einsum layers as they are now."""
   if isinstance(model, QuantizedModel):
     return model.plan(*example_args, **example_kwargs)
   if isinstance(model, nnx.Module):
-    return {"/".join(str(p) for p in path): (node.config if isinstance(node, NnxInt4Linear)
+    layer_types = tuple(t for t, _ in NNX_SWAPS)
+    return {"/".join(str(p) for p in path): (node.config if isinstance(node, NNX_INT4_TYPES)
                                              else None)
-            for path, node in nnx.iter_graph(model) if isinstance(node, nnx.Linear)}
+            for path, node in nnx.iter_graph(model) if isinstance(node, layer_types)}
   raise TypeError(f"quantization_plan: expected a QuantizedModel or an nnx.Module, got "
                   f"{type(model).__name__}")

@@ -13,13 +13,13 @@ Flax's Dense/DenseGeneral. `owner` is the bound linen module that holds the stat
 Randomness for the backward pass comes from the 'quant' rng stream.
 """
 
-import math
 from typing import Optional, Tuple
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from int4jax import contraction
 from int4jax.config import Int4Config
 from int4jax.linear import int4_linear
 from int4jax.quantizers import block_search, hadamard
@@ -84,21 +84,6 @@ def quant_key(owner: nn.Module) -> Optional[jax.Array]:
   return owner.make_rng(RNG_STREAM) if owner.has_rng(RNG_STREAM) else None
 
 
-def _check_dims(lhs, rhs, dimension_numbers):
-  (lc, rc), (lb, rb) = dimension_numbers
-  lc, rc, lb, rb = (tuple(int(a) for a in t) for t in (lc, rc, lb, rb))
-  if len(lc) != len(rc) or len(lb) != len(rb):
-    raise ValueError(f"int4 dot_general: mismatched dimension_numbers {dimension_numbers}")
-  if not lc:
-    raise ValueError("int4 dot_general: needs at least one contracting dim (an outer product "
-                     "has no GEMM to quantize)")
-  for a, b in zip(lc + lb, rc + rb):
-    if lhs.shape[a] != rhs.shape[b]:
-      raise ValueError(f"int4 dot_general: lhs dim {a} ({lhs.shape[a]}) != rhs dim {b} "
-                       f"({rhs.shape[b]}) in {dimension_numbers}")
-  return lc, rc, lb, rb
-
-
 def int4_dot_general(owner: nn.Module, lhs: jax.Array, rhs: jax.Array, dimension_numbers,
                      config: Int4Config, precision=None, preferred_element_type=None,
                      **unused_kwargs) -> jax.Array:
@@ -111,29 +96,21 @@ def int4_dot_general(owner: nn.Module, lhs: jax.Array, rhs: jax.Array, dimension
   del precision, unused_kwargs
   if not isinstance(config, Int4Config):
     raise TypeError(f"int4 dot_general: config must be an Int4Config, got {type(config).__name__}")
-  lc, rc, lb, rb = _check_dims(lhs, rhs, dimension_numbers)
-  lfree = [a for a in range(lhs.ndim) if a not in lc + lb]
-  rfree = [a for a in range(rhs.ndim) if a not in rc + rb]
-  batch_shape = tuple(lhs.shape[a] for a in lb)
-  lfree_shape = tuple(lhs.shape[a] for a in lfree)
-  rfree_shape = tuple(rhs.shape[a] for a in rfree)
-  k = math.prod(lhs.shape[a] for a in lc)
-  nb = math.prod(batch_shape)
-  x = jnp.transpose(lhs, lb + tuple(lfree) + lc).reshape(nb, math.prod(lfree_shape), k)
-  w = jnp.transpose(rhs, rb + rc + tuple(rfree)).reshape(nb, k, math.prod(rfree_shape))
+  x, w, unflatten = contraction.as_matmuls(lhs, rhs, dimension_numbers)
+  nb, _, k = x.shape
   # State is shared by the batch slices: one block, one pair of per-tensor LSQ scales.
   x_all = x.reshape(-1, k)
   w_all = jnp.moveaxis(w, 0, 1).reshape(k, -1)
   config = config.replace(hadamard_block=resolve_block(owner, x_all, w_all, config))
   scales = lsq_scales(owner, x_all, w_all, config)
   key = quant_key(owner)
-  if not batch_shape:
+  if nb == 1:
     y = int4_linear(x[0], w[0], key=key, config=config, scales=scales)[None]
   else:
     keys = None if key is None else jax.random.split(key, nb)
     y = jax.vmap(lambda xi, wi, ki: int4_linear(xi, wi, key=ki, config=config, scales=scales),
                  in_axes=(0, 0, None if keys is None else 0))(x, w, keys)
-  y = y.reshape(batch_shape + lfree_shape + rfree_shape)
+  y = unflatten(y)
   return y if preferred_element_type is None else y.astype(preferred_element_type)
 
 
@@ -152,3 +129,13 @@ class Int4DotGeneral(nn.Module):
                **kwargs):
     return int4_dot_general(self, lhs, rhs, dimension_numbers, self.config, precision,
                             preferred_element_type, **kwargs)
+
+
+def int4_einsum(owner: nn.Module, spec: str, lhs: jax.Array, rhs: jax.Array,
+                config: Int4Config, preferred_element_type=None) -> jax.Array:
+  """jnp.einsum(spec, lhs, rhs) with lhs the activations and rhs the weights, as INT4 GEMMs
+  (`int4_dot_general`); raises a ValueError if the einsum is not such a contraction
+  (int4jax.contraction.einsum_dimension_numbers says why)."""
+  dims, perm = contraction.einsum_dimension_numbers(spec, lhs.ndim, rhs.ndim)
+  y = int4_dot_general(owner, lhs, rhs, dims, config, None, preferred_element_type)
+  return jnp.transpose(y, perm)

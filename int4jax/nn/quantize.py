@@ -1,38 +1,69 @@
 """INT4 for an existing linen model without editing it: method interception on module paths.
 
-Every nn.Dense / nn.DenseGeneral call inside the model is intercepted; if its path matches a
-rule with a config, the call runs `int4_dense_call` on the same module (so the params keep their
-names, shapes and initialisers), else it runs unchanged.
+Every nn.Dense / nn.DenseGeneral / nn.Einsum call inside the model is intercepted; if its path
+matches a rule with a config, the call runs `int4_dense_call` / `int4_einsum_call` on the same
+module (so the params keep their names, shapes and initialisers), else it runs unchanged. An
+Einsum whose equation is not a (tokens x in) @ (in x out) contraction stays float, logged once.
 """
 
 import contextlib
+import logging
 from typing import Any, Dict, Optional, Sequence, Tuple
 
 import flax.linen as nn
 import jax
 
 from int4jax.config import Int4Config
+from int4jax import contraction
 from int4jax.nn.dense import Dense, DenseGeneral, int4_dense_call
+from int4jax.nn.einsum import Einsum, einsum_spec, int4_einsum_call
 from int4jax.nn.int4_dot import STATE_COLLECTION
 from int4jax.rules import QuantRule, config_for, make_rules
+
+
+logger = logging.getLogger("int4jax")
+_skipped = set()
+LINEAR_LAYERS = (nn.Dense, nn.DenseGeneral, nn.Einsum)
+INT4_LAYERS = (Dense, DenseGeneral, Einsum)  # already INT4 by construction
 
 
 def _module_path(module: nn.Module) -> str:
   return "/".join(str(p) for p in module.path)
 
 
+def _unmappable(layer: nn.Module, args, kwargs) -> Optional[str]:
+  """Why this Einsum call is not an INT4 GEMM (None if it is, or for Dense layers)."""
+  if not isinstance(layer, nn.Einsum):
+    return None
+  spec = kwargs.get("einsum_str", args[1] if len(args) > 1 else None)
+  try:
+    contraction.einsum_dimension_numbers(einsum_spec(layer, spec), args[0].ndim,
+                                         len(layer.shape))
+  except ValueError as e:
+    return str(e)
+  return None
+
+
 def _interceptor(rules: Sequence[QuantRule], record: Optional[Dict[str, Any]], run_int4: bool):
   def intercept(next_fun, args, kwargs, context):
     layer = context.module
-    if (context.method_name != "__call__" or not isinstance(layer, (nn.Dense, nn.DenseGeneral))
-        or isinstance(layer, (Dense, DenseGeneral))):  # already INT4 by construction
+    if (context.method_name != "__call__" or not isinstance(layer, LINEAR_LAYERS)
+        or isinstance(layer, INT4_LAYERS)):
       return next_fun(*args, **kwargs)
     path = _module_path(layer)
     config = config_for(rules, path)
+    why_not = _unmappable(layer, args, kwargs) if config is not None else None
+    if why_not is not None:
+      if path not in _skipped:
+        _skipped.add(path)
+        logger.warning("int4jax: %s stays float: %s", path, why_not)
+      config = None
     if record is not None:
       record[path] = config
     if config is None or not run_int4:
       return next_fun(*args, **kwargs)
+    if isinstance(layer, nn.Einsum):
+      return int4_einsum_call(layer, *args, config=config, **kwargs)
     return int4_dense_call(layer, *args, config=config, **kwargs)
 
   return intercept

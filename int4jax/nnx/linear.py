@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from int4jax import contraction
 from int4jax.config import Int4Config
 from int4jax.linear import int4_linear
 from int4jax.nn.int4_dot import positive_step
@@ -36,16 +37,13 @@ def _stream(rngs):
   raise TypeError(f"rngs must be nnx.Rngs or an RngStream, got {type(rngs).__name__}")
 
 
-class Linear(nnx.Linear):
-  """`flax.nnx.Linear(in_features, out_features, ..., config=Int4Config(), rngs=...)`."""
+class Int4Contraction:
+  """What every int4jax NNX layer shares: its config, quantizer state and rng stream, and the
+  INT4 form of a lax.dot_general (activations left, weights right; batch dims vmapped)."""
 
-  def __init__(self, in_features: int, out_features: int, *, config: Int4Config = Int4Config(),
-               rngs: nnx.Rngs, **kwargs):
-    if "dot_general" in kwargs:
-      raise ValueError("int4jax.nnx.Linear replaces the dot_general; do not pass one")
+  def _init_int4(self, config: Int4Config, rngs):
     if not isinstance(config, Int4Config):
       raise TypeError(f"config must be an Int4Config, got {type(config).__name__}")
-    super().__init__(in_features, out_features, rngs=rngs, **kwargs)
     self.config = config
     self.hadamard_block = None if config.hadamard_block == "search" else config.hadamard_block
     self.quant_rngs = nnx.data(_stream(rngs))
@@ -57,7 +55,7 @@ class Linear(nnx.Linear):
   def _calibrate(self, x2, kernel):
     if isinstance(x2, jax.core.Tracer):
       raise ValueError(
-          "int4jax.nnx.Linear: this layer's quantizer state (LSQ scales / the searched Hadamard "
+          "int4jax.nnx: this layer's quantizer state (LSQ scales / the searched Hadamard "
           "block) is made from the values of its first batch, which must run eagerly. Call "
           "int4jax.nnx.calibrate(model, batch) (or the model once) outside nnx.jit / nnx.grad")
     config = self.config
@@ -74,18 +72,40 @@ class Linear(nnx.Linear):
       self.kernel_scale[...] = quantize.lsq_init_scale(wh, qmax)
     self.calibrated = True
 
-  def __call__(self, inputs: jax.Array, *, rngs=None) -> jax.Array:
-    kernel = self.kernel[...]
-    bias = self.bias[...] if self.bias is not None else None
-    inputs, kernel, bias = self.promote_dtype((inputs, kernel, bias), dtype=self.dtype)
-    if not self.calibrated:
-      self._calibrate(inputs.reshape(-1, inputs.shape[-1]), kernel)
+  def _int4_dot(self, lhs, rhs, dimension_numbers, rngs=None):
+    """lax.dot_general(lhs, rhs, dimension_numbers) with all three GEMMs in INT4."""
+    x, w, unflatten = contraction.as_matmuls(lhs, rhs, dimension_numbers)
+    nb, _, k = x.shape
+    if not self.calibrated:  # state shared by the batch slices, as in the linen layers
+      self._calibrate(x.reshape(-1, k), jnp.moveaxis(w, 0, 1).reshape(k, -1))
     stream = _stream(rngs) if rngs is not None else self.quant_rngs
     key = stream() if stream is not None else None
     config = self.config.replace(hadamard_block=self.hadamard_block)
     scales = ((positive_step(self.x_scale[...]), positive_step(self.kernel_scale[...]))
               if config.scale_mode == "lsq" else None)
-    y = int4_linear(inputs, kernel, key=key, config=config, scales=scales)
+    if nb == 1:
+      return unflatten(int4_linear(x[0], w[0], key=key, config=config, scales=scales)[None])
+    keys = None if key is None else jax.random.split(key, nb)
+    y = jax.vmap(lambda xi, wi, ki: int4_linear(xi, wi, key=ki, config=config, scales=scales),
+                 in_axes=(0, 0, None if keys is None else 0))(x, w, keys)
+    return unflatten(y)
+
+
+class Linear(Int4Contraction, nnx.Linear):
+  """`flax.nnx.Linear(in_features, out_features, ..., config=Int4Config(), rngs=...)`."""
+
+  def __init__(self, in_features: int, out_features: int, *, config: Int4Config = Int4Config(),
+               rngs: nnx.Rngs, **kwargs):
+    if "dot_general" in kwargs:
+      raise ValueError("int4jax.nnx.Linear replaces the dot_general; do not pass one")
+    super().__init__(in_features, out_features, rngs=rngs, **kwargs)
+    self._init_int4(config, rngs)
+
+  def __call__(self, inputs: jax.Array, *, rngs=None) -> jax.Array:
+    kernel = self.kernel[...]
+    bias = self.bias[...] if self.bias is not None else None
+    inputs, kernel, bias = self.promote_dtype((inputs, kernel, bias), dtype=self.dtype)
+    y = self._int4_dot(inputs, kernel, (((inputs.ndim - 1,), (0,)), ((), ())), rngs)
     if self.preferred_element_type is not None:
       y = y.astype(self.preferred_element_type)
     if bias is not None:

@@ -1,12 +1,48 @@
-"""INT4 for an existing NNX model: swap matched nnx.Linear layers for int4jax.nnx.Linear."""
+"""INT4 for an existing NNX model: swap its matched nnx.Linear, nnx.LinearGeneral (the q, k, v
+and out projections of nnx.MultiHeadAttention) and nnx.Einsum layers for their int4jax.nnx
+versions, which share the same Params."""
+
+import logging
 
 from typing import Dict, Optional, Sequence
 
 from flax import nnx
 
+from int4jax import contraction
 from int4jax.config import Int4Config
+from int4jax.nnx.general import Einsum, LinearGeneral
 from int4jax.nnx.linear import Linear
 from int4jax.rules import QuantRule, config_for, make_rules
+
+
+logger = logging.getLogger("int4jax")
+
+# float layer type -> its INT4 replacement's constructor from it
+SWAPS = ((nnx.Linear, Linear.from_linear), (nnx.LinearGeneral, LinearGeneral.from_layer),
+         (nnx.Einsum, Einsum.from_layer))
+INT4_TYPES = (Linear, LinearGeneral, Einsum)
+
+
+def _swap_for(node):
+  if isinstance(node, INT4_TYPES):
+    return None
+  for float_type, make in SWAPS:
+    if isinstance(node, float_type):
+      return make
+  return None
+
+
+def _einsum_problem(layer) -> Optional[str]:
+  """Why an nnx.Einsum's equation is not an INT4 GEMM, or None."""
+  if not isinstance(layer, nnx.Einsum):
+    return None
+  try:
+    contraction.einsum_dimension_numbers(layer.einsum_str.replace(" ", ""),
+                                         len(layer.einsum_str.split(",")[0].replace("...", "")),
+                                         len(layer.kernel_shape))
+  except ValueError as e:
+    return str(e)
+  return None
 
 
 def _path(path) -> str:
@@ -29,8 +65,9 @@ def _get_child(parent, name):
 def quantize_nnx(model: nnx.Module, rules: Optional[Sequence[QuantRule]] = None, *,
                  config: Int4Config = Int4Config(), exclude: Sequence[str] = (),
                  rngs: Optional[nnx.Rngs] = None) -> Dict[str, Optional[Int4Config]]:
-  """Replaces, IN PLACE, every nnx.Linear whose path matches a rule with a config by an
-  int4jax.nnx.Linear sharing its Params. Returns the plan {path: config or None (float)}.
+  """Replaces, IN PLACE, every nnx.Linear / LinearGeneral / Einsum whose path matches a rule with
+  a config by its int4jax.nnx version sharing its Params. Returns the plan {path: config or None
+  (float)}. An Einsum whose equation is not an INT4 GEMM stays float (logged).
 
   rngs: where the INT4 layers draw backward randomness ('quant' stream, or 'default'); without
   it a stochastic config can run forward but a gradient raises, or pass rngs= at call time.
@@ -39,19 +76,24 @@ def quantize_nnx(model: nnx.Module, rules: Optional[Sequence[QuantRule]] = None,
     raise TypeError(f"quantize_model: expected an nnx.Module, got {type(model).__name__}")
   rules = make_rules(rules, config, exclude)
   plan = {}
-  found = [(tuple(p), node) for p, node in nnx.iter_graph(model)
-           if isinstance(node, nnx.Linear) and not isinstance(node, Linear)]
-  if any(not p for p, _ in found):
-    raise TypeError("quantize_model: the model itself is an nnx.Linear; use int4jax.nnx.Linear")
-  for path, layer in found:
+  found = [(tuple(p), node, _swap_for(node)) for p, node in nnx.iter_graph(model)]
+  found = [f for f in found if f[2] is not None]
+  if any(not p for p, _, _ in found):
+    raise TypeError("quantize_model: the model itself is a single layer; use its int4jax.nnx "
+                    "version (int4jax.nnx.Linear, LinearGeneral, Einsum)")
+  for path, layer, make in found:
     cfg = config_for(rules, _path(path))
+    problem = _einsum_problem(layer) if cfg is not None else None
+    if problem is not None:
+      logger.warning("int4jax: %s stays float: %s", _path(path), problem)
+      cfg = None
     plan[_path(path)] = cfg
     if cfg is None:
       continue
     parent = model
     for name in path[:-1]:
       parent = _get_child(parent, name)
-    _set_child(parent, path[-1], Linear.from_linear(layer, cfg, rngs))
+    _set_child(parent, path[-1], make(layer, cfg, rngs))
   return plan
 
 
