@@ -13,7 +13,7 @@ from int4jax.rules import QuantRule
 
 def quantize_model(model, rules: Optional[Sequence[QuantRule]] = None, *,
                    config: Int4Config = Int4Config(), exclude: Sequence[str] = (),
-                   rngs: Optional[nnx.Rngs] = None):
+                   rngs: Optional[nnx.Rngs] = None, strict: bool = False):
   """INT4 for the linear layers of `model` that the rules pick: linen Dense, DenseGeneral and
   Einsum; NNX Linear, LinearGeneral (nnx.MultiHeadAttention's projections) and Einsum.
 
@@ -22,6 +22,8 @@ def quantize_model(model, rules: Optional[Sequence[QuantRule]] = None, *,
     `config` except paths matching a regex in `exclude` (e.g. the classifier head).
   linen: returns a new module (`QuantizedModel`) with the same param tree; the model's code is
     untouched. Its `.plan(*example_args)` lists which layers are INT4.
+  A rule or exclude pattern that matches no layer (a typo) warns; strict=True raises instead
+    (NNX: at this call; linen: when the model is first traced or planned).
   NNX: swaps the matched nnx.Linear layers IN PLACE for int4jax.nnx.Linear sharing their Params
     and returns the same model; `rngs` supplies the 'quant' stream for backward randomness.
   Embeddings, attention's QK^T / PV, norms and activations are not linear layers here and stay
@@ -31,9 +33,9 @@ def quantize_model(model, rules: Optional[Sequence[QuantRule]] = None, *,
   if isinstance(model, nn.Module):
     if rngs is not None:
       raise ValueError("rngs= is for NNX models; a linen model takes rngs={'quant': key} in apply")
-    return quantize_linen(model, rules, config=config, exclude=exclude)
+    return quantize_linen(model, rules, config=config, exclude=exclude, strict=strict)
   if isinstance(model, nnx.Module):
-    quantize_nnx(model, rules, config=config, exclude=exclude, rngs=rngs)
+    quantize_nnx(model, rules, config=config, exclude=exclude, rngs=rngs, strict=strict)
     return model
   raise TypeError(f"quantize_model: expected a flax.linen or flax.nnx Module, got "
                   f"{type(model).__name__}")

@@ -1,8 +1,10 @@
 """Which layers become INT4: regex rules on module paths, shared by the linen and NNX rewriters."""
 
 import dataclasses
+import difflib
 import re
-from typing import Optional, Sequence, Tuple
+import warnings
+from typing import Iterable, Optional, Sequence, Tuple
 
 from int4jax.config import Int4Config
 
@@ -47,3 +49,29 @@ def config_for(rules: Sequence[QuantRule], path: str) -> Optional[Int4Config]:
     if re.fullmatch(rule.path, path):
       return rule.config
   return None
+
+
+def unmatched(rules: Sequence[QuantRule], paths: Iterable[str]) -> Tuple[str, ...]:
+  """The patterns of `rules` that fully match none of `paths`."""
+  paths = tuple(paths)
+  return tuple(r.path for r in rules if not any(re.fullmatch(r.path, p) for p in paths))
+
+
+def check_all_match(rules: Sequence[QuantRule], paths: Iterable[str], strict: bool) -> None:
+  """A rule or exclude pattern that matches no layer is a typo or a stale path: a warning, or with
+  strict=True a ValueError, naming it and the layer paths there are."""
+  paths = sorted(paths)
+  missing = unmatched(rules, paths)
+  if not missing:
+    return
+  close = sorted({c for m in missing
+                  for c in difflib.get_close_matches(re.sub(r"[.*+?^$()\[\]{}|\\]", "", m),
+                                                     paths, n=3, cutoff=0.5)})
+  shown = ", ".join(paths[:12]) + (f", ... ({len(paths)} in all)" if len(paths) > 12 else "")
+  message = (f"int4jax.quantize_model: the pattern(s) {list(missing)} match no layer (patterns "
+             f"must match a whole '/'-joined path)"
+             + (f"; did you mean: {', '.join(close)}?" if close else "")
+             + f" The layers are: {shown or 'none'}")
+  if strict:
+    raise ValueError(message)
+  warnings.warn(message, UserWarning, stacklevel=4)

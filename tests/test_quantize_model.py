@@ -142,3 +142,35 @@ def test_scan_and_remat_over_int4_layers():
   # minus mlp_out's output (its product is not needed to differentiate it, so XLA drops it)
   assert len(integer_dots(jaxpr)) == 3 * per_layer + per_layer - 1
   chex.assert_tree_all_finite(jax.jit(jax.grad(loss))(sp))
+
+
+def test_a_pattern_that_matches_no_layer_warns_or_raises_linen():
+  """A typo in an exclude pattern would quantize the head silently: it warns, naming the
+  pattern and the layers; strict=True raises. A pattern that matches stays quiet."""
+  with pytest.warns(UserWarning, match=r"match no layer.*did you mean: head\?"):
+    plan = int4jax.quantize_model(Model(), exclude=[r".*haed"]).plan(TOKENS)
+  assert plan["head"] is not None  # what the typo did
+  with pytest.raises(ValueError, match="haed"):
+    int4jax.quantize_model(Model(), exclude=[r".*haed"], strict=True).plan(TOKENS)
+  quantized = int4jax.quantize_model(Model(), exclude=[r"head"], strict=True)
+  params = quantized.init(jax.random.key(0), TOKENS)["params"]
+  with pytest.raises(ValueError, match="blok"):  # the check also runs when apply traces
+    int4jax.quantize_model(Model(), [QuantRule(path="blok_0/.*", config=None), QuantRule()],
+                           strict=True).apply({"params": params}, TOKENS)
+
+
+def test_a_pattern_that_matches_no_layer_warns_or_raises_nnx():
+  from flax import nnx
+
+  class Net(nnx.Module):
+    def __init__(self, rngs):
+      self.body, self.head = nnx.Linear(8, 8, rngs=rngs), nnx.Linear(8, 2, rngs=rngs)
+
+  with pytest.warns(UserWarning, match="haed"):
+    int4jax.quantize_model(Net(nnx.Rngs(0)), exclude=["haed"])
+  net = Net(nnx.Rngs(0))
+  with pytest.raises(ValueError, match=r"haed.*body, head"):
+    int4jax.quantize_model(net, exclude=["haed"], strict=True)
+  assert type(net.head) is nnx.Linear  # nothing was replaced before the error
+  int4jax.quantize_model(net, exclude=["head"], strict=True)
+  assert int4jax.quantization_plan(net) == {"body": Int4Config(), "head": None}

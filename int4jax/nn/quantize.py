@@ -18,7 +18,7 @@ from int4jax import contraction
 from int4jax.nn.dense import Dense, DenseGeneral, int4_dense_call
 from int4jax.nn.einsum import Einsum, einsum_spec, int4_einsum_call
 from int4jax.nn.int4_dot import STATE_COLLECTION
-from int4jax.rules import QuantRule, config_for, make_rules
+from int4jax.rules import QuantRule, check_all_match, config_for, make_rules
 
 
 logger = logging.getLogger("int4jax")
@@ -89,13 +89,17 @@ class QuantizedModel(nn.Module):
 
   model: nn.Module
   rules: Tuple[QuantRule, ...]
+  strict: bool = False  # a pattern that matches no layer raises instead of warning
 
   def setup(self):
     nn.share_scope(self, self.model)
 
   def __call__(self, *args, **kwargs):
-    with nn.intercept_methods(_interceptor(self.rules, None, True)):
-      return self.model(*args, **kwargs)
+    seen: Dict[str, Any] = {}
+    with nn.intercept_methods(_interceptor(self.rules, seen, True)):
+      out = self.model(*args, **kwargs)
+    check_all_match(self.rules, seen, self.strict)  # at trace time, once per trace
+    return out
 
   def plan(self, *args, **kwargs) -> Dict[str, Optional[Int4Config]]:
     """{module path: its Int4Config, or None when it stays float} for each Dense/DenseGeneral
@@ -107,14 +111,17 @@ class QuantizedModel(nn.Module):
         return self.model.init(jax.random.key(0), *a, **k)
 
     jax.eval_shape(init, *args, **kwargs)
+    check_all_match(self.rules, record, self.strict)
     return record
 
 
 def quantize_linen(model: nn.Module, rules: Optional[Sequence[QuantRule]] = None, *,
-                   config: Int4Config = Int4Config(), exclude: Sequence[str] = ()):
+                   config: Int4Config = Int4Config(), exclude: Sequence[str] = (),
+                   strict: bool = False):
   if not isinstance(model, nn.Module):
     raise TypeError(f"quantize_model: expected a flax module, got {type(model).__name__}")
-  return QuantizedModel(model=model.clone(parent=None), rules=make_rules(rules, config, exclude))
+  return QuantizedModel(model=model.clone(parent=None), rules=make_rules(rules, config, exclude),
+                        strict=strict)
 
 
 def calibrate(model: nn.Module, variables, *args, **kwargs):

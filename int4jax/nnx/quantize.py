@@ -12,7 +12,7 @@ from int4jax import contraction
 from int4jax.config import Int4Config
 from int4jax.nnx.general import Einsum, LinearGeneral
 from int4jax.nnx.linear import Linear
-from int4jax.rules import QuantRule, config_for, make_rules
+from int4jax.rules import QuantRule, check_all_match, config_for, make_rules
 
 
 logger = logging.getLogger("int4jax")
@@ -64,10 +64,12 @@ def _get_child(parent, name):
 
 def quantize_nnx(model: nnx.Module, rules: Optional[Sequence[QuantRule]] = None, *,
                  config: Int4Config = Int4Config(), exclude: Sequence[str] = (),
-                 rngs: Optional[nnx.Rngs] = None) -> Dict[str, Optional[Int4Config]]:
+                 rngs: Optional[nnx.Rngs] = None,
+                 strict: bool = False) -> Dict[str, Optional[Int4Config]]:
   """Replaces, IN PLACE, every nnx.Linear / LinearGeneral / Einsum whose path matches a rule with
   a config by its int4jax.nnx version sharing its Params. Returns the plan {path: config or None
-  (float)}. An Einsum whose equation is not an INT4 GEMM stays float (logged).
+  (float)}. An Einsum whose equation is not an INT4 GEMM stays float (logged). A rule or exclude
+  pattern that matches no layer warns (strict=True: raises) before anything is replaced.
 
   rngs: where the INT4 layers draw backward randomness ('quant' stream, or 'default'); without
   it a stochastic config can run forward but a gradient raises, or pass rngs= at call time.
@@ -81,6 +83,7 @@ def quantize_nnx(model: nnx.Module, rules: Optional[Sequence[QuantRule]] = None,
   if any(not p for p, _, _ in found):
     raise TypeError("quantize_model: the model itself is a single layer; use its int4jax.nnx "
                     "version (int4jax.nnx.Linear, LinearGeneral, Einsum)")
+  check_all_match(rules, [_path(p) for p, _, _ in found], strict)
   for path, layer, make in found:
     cfg = config_for(rules, _path(path))
     problem = _einsum_problem(layer) if cfg is not None else None
