@@ -45,6 +45,10 @@ def quantization_plan(model, *example_args, **example_kwargs) -> Dict[str, Optio
   """{layer path: Int4Config, or None when float}: a QuantizedModel's plan on example inputs, or
   an NNX model's Linear / LinearGeneral / Einsum layers as they are now."""
   if isinstance(model, QuantizedModel):
+    if not example_args and not example_kwargs:
+      raise TypeError("quantization_plan(model, *example_inputs): a linen model's layers are "
+                      "known only when it is traced, so pass an example input (shapes are "
+                      "enough: jax.ShapeDtypeStruct works)")
     return model.plan(*example_args, **example_kwargs)
   if isinstance(model, nnx.Module):
     layer_types = tuple(t for t, _ in NNX_SWAPS)

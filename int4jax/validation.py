@@ -8,8 +8,10 @@ from int4jax.config import Int4Config
 MISSING_KEY = (
     "int4_linear: this config draws random numbers in training ({why}), so taking a "
     "gradient needs a PRNG key. Pass key=jax.random.key(seed) (a fresh one per step, e.g. "
-    "jax.random.fold_in(key, step)); in int4jax.nn / int4jax.nnx modules pass "
-    "rngs={{'quant': key}} to apply (nnx: Rngs(quant=...)). For a deterministic backward use "
+    "jax.random.fold_in(key, step)); linen (int4jax.nn, quantize_model): pass "
+    "rngs={{'quant': key}} to apply; NNX: quantize_model(model, rngs=nnx.Rngs(quant=0)), or "
+    "rngs=nnx.Rngs(quant=0) when building an int4jax.nnx layer, or rngs= when calling it. For a "
+    "deterministic backward use "
     "Int4Config(stochastic_rounding=False, forward_rounding='nearest', lss='off' or 'nonzero').")
 
 

@@ -174,3 +174,26 @@ def test_a_pattern_that_matches_no_layer_warns_or_raises_nnx():
   assert type(net.head) is nnx.Linear  # nothing was replaced before the error
   int4jax.quantize_model(net, exclude=["head"], strict=True)
   assert int4jax.quantization_plan(net) == {"body": Int4Config(), "head": None}
+
+
+def test_error_messages_name_their_fix():
+  """LSQ (the paper's config) on float params points to calibrate; a plan without an example
+  input says to pass one; an NNX gradient without a key says where rngs= goes."""
+  from flax import nnx
+  params = Model().init(jax.random.key(0), TOKENS)["params"]
+  paper = int4jax.quantize_model(Model(), exclude=["head"], config=Int4Config.paper())
+  with pytest.raises(ValueError, match=r"int4jax.nn.calibrate\(model, variables, batch\)"):
+    paper.apply({"params": params}, TOKENS)
+  calibrated = inn.calibrate(paper, {"params": params}, TOKENS)
+  assert paper.apply(calibrated, TOKENS).shape == (4, C)
+  with pytest.raises(TypeError, match="pass an example input"):
+    int4jax.quantization_plan(paper)
+  net = nnx.Linear(8, 4, rngs=nnx.Rngs(0))
+
+  class Net(nnx.Module):
+    def __init__(self):
+      self.body = net
+
+  model = int4jax.quantize_model(Net())  # no rngs=
+  with pytest.raises(ValueError, match=r"quantize_model\(model, rngs=nnx.Rngs\(quant=0\)\)"):
+    nnx.grad(lambda m: m.body(jnp.ones((2, 8))).sum())(model)

@@ -67,6 +67,13 @@ def lsq_scales(owner: nn.Module, x2, w2, config: Int4Config) -> Optional[Tuple[j
     return {"x_scale": quantize.lsq_init_scale(xh, qmax),
             "kernel_scale": quantize.lsq_init_scale(wh, qmax)}
 
+  if (not owner.has_variable("params", QUANT_PARAMS)
+      and not owner.is_mutable_collection("params")):
+    raise ValueError(
+        f"int4jax: layer {'/'.join(owner.path) or '<root>'} uses scale_mode='lsq' (e.g. "
+        f"Int4Config.paper()), whose learned step sizes params/.../{QUANT_PARAMS} are not in the "
+        "params passed to apply (float params, say). Create them from a batch with "
+        "variables = int4jax.nn.calibrate(model, variables, batch)")
   scales = owner.param(QUANT_PARAMS, init)
   return positive_step(scales["x_scale"]), positive_step(scales["kernel_scale"])
 
