@@ -125,12 +125,25 @@ def forward_quantize(xh, wh, config: Int4Config, scales: Scales, key=None):
     xq = quantize.quantize(xh, sx, qmin, qmax)
     wq = quantize.quantize(wh, sw, qmin, qmax)
     return (xq, quantize.nonfinite_to_nan(sx, xh), wq, quantize.nonfinite_to_nan(sw, wh))
-  quantize_groups = backend.quantizer(config.backend)
-  settings = dict(group=config.scale_group, levels=config.scale_levels,
-                  per_row=config.scale_mode == "row", clip_ratio=config.scale_clip)
-  xq, sx = quantize_groups(xh, 1, qmin, qmax, key_x, **settings)
-  wq, sw = quantize_groups(wh, 0, qmin, qmax, key_w, **settings)
+  xq, sx = quantize_operand(xh, 1, config, key_x)
+  wq, sw = quantize_operand(wh, 0, config, key_w)
   return xq, sx, wq, sw
+
+
+def quantize_operand(t, axis: int, config: Int4Config, key=None):
+  """(int8 values, scales) of one dynamic-scale forward operand along its contraction `axis`
+  (1 for X, 0 for W), as the forward quantizes it."""
+  qmin, qmax = config.forward_qrange
+  return backend.quantizer(config.backend)(
+      t, axis, qmin, qmax, key, group=config.scale_group, levels=config.scale_levels,
+      per_row=config.scale_mode == "row", clip_ratio=config.scale_clip)
+
+
+def forward_from_operand(xh, wq, sw, config: Int4Config):
+  """The forward product with W already quantized (wq, sw): X quantized with nearest rounding,
+  then the scaled GEMM, as `_forward` runs it (int4jax.serving.packed_linear)."""
+  xq, sx = quantize_operand(xh, 1, config)
+  return backend.scaled_gemm(config.backend)(xq, wq, ((1,), (0,)), sx, sw)
 
 
 def _check_length(length: int, max_a: int, max_b: int, what: str) -> None:

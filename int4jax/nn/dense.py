@@ -13,6 +13,7 @@ import numpy as np
 from flax.core import meta
 
 from int4jax.config import Int4Config
+from int4jax.serving import PackedWeight, packed_linear
 from int4jax.nn.int4_dot import int4_dot_general
 
 
@@ -42,6 +43,11 @@ def int4_dense_call(layer: nn.Module, inputs: jax.Array, config: Int4Config) -> 
     raise ValueError(f"int4jax: layer {'/'.join(layer.path)} already has a custom dot_general; "
                      "INT4 replaces the dot_general, so exclude this layer from the rules or "
                      "drop its dot_general")
+  if layer.has_variable("params", "kernel"):
+    packed = layer.get_variable("params", "kernel")
+    if isinstance(packed, PackedWeight):  # serving: params from int4jax.export
+      bias = layer.get_variable("params", "bias") if layer.use_bias else None
+      return packed_linear(inputs, packed, bias)
   is_general = isinstance(layer, nn.DenseGeneral)
   features = _as_tuple(layer.features)
   axis = _as_tuple(layer.axis) if is_general else (-1,)

@@ -61,6 +61,27 @@ def row_range(x: jax.Array, axis: Optional[int], clip_ratio: Optional[float]) ->
   return jnp.where(jnp.isfinite(amax), amax, jnp.nan)
 
 
+def _multipliers(x, axis, group, levels, per_row, r):
+  """m per group, in the grouped view's shape with the group dim kept as 1, given the ranges r."""
+  safe_r = jnp.where(jnp.isfinite(r) & (r > 0), r, 1.0)
+  gmax = jnp.max(jnp.abs(_grouped_view(x, axis, group)), axis=2 if axis == 1 else 1,
+                 keepdims=True)
+  r_g = safe_r if not per_row else (safe_r[:, :, None] if axis == 1 else safe_r[:, None, :])
+  mult = jnp.clip(jnp.ceil(levels * gmax / r_g), 1.0, float(levels))
+  return jnp.where(jnp.isfinite(mult), mult, 1.0)
+
+
+def group_multipliers(t: jax.Array, axis: int, *, group: int = 16, levels: int = 1,
+                      per_row: bool = True, clip_ratio: Optional[float] = None) -> jax.Array:
+  """The integer multipliers m (int8, 1..levels) that `quantize_two_level` applies, one per group
+  of `group` elements along `axis`: shape (M, K/g) for axis 1, (K/g, N) for axis 0. With them the
+  int8 operand m * q splits back into its INT4 values q (for packing two per byte)."""
+  x = t.astype(jnp.float32)
+  mult = _multipliers(x, axis, group, levels, per_row,
+                      row_range(x, axis if per_row else None, clip_ratio))
+  return jnp.squeeze(mult, axis=2 if axis == 1 else 1).astype(jnp.int8)
+
+
 def quantize_two_level(t: jax.Array, axis: int, qmin: int, qmax: int, *, group: int = 16,
                        levels: int = 1, per_row: bool = True, clip_ratio: Optional[float] = None,
                        key: Optional[jax.Array] = None,
@@ -82,20 +103,14 @@ def quantize_two_level(t: jax.Array, axis: int, qmin: int, qmax: int, *, group: 
   x = t.astype(jnp.float32)
   r = row_range(x, axis if per_row else None, clip_ratio)
   good = jnp.isfinite(r) & (r > 0)
-  safe_r = jnp.where(good, r, 1.0)
   scale = jnp.where(good, r / (qmax * levels), jnp.where(jnp.isfinite(r), 1.0, jnp.nan))
   if levels == 1:
     v = x / scale
     mult = None
   else:
-    xg = _grouped_view(x, axis, group)
-    red = 2 if axis == 1 else 1
-    gmax = jnp.max(jnp.abs(xg), axis=red, keepdims=True)
-    r_g = safe_r if not per_row else (safe_r[:, :, None] if axis == 1 else safe_r[:, None, :])
-    mult = jnp.clip(jnp.ceil(levels * gmax / r_g), 1.0, float(levels))
-    mult = jnp.where(jnp.isfinite(mult), mult, 1.0)
+    mult = _multipliers(x, axis, group, levels, per_row, r)
     s_g = scale if not per_row else (scale[:, :, None] if axis == 1 else scale[:, None, :])
-    v = (xg / (s_g * mult))
+    v = (_grouped_view(x, axis, group) / (s_g * mult))
   if key is not None:
     dither = int4_quant.uniform_dither(key, t.shape)
   if dither is None:

@@ -1,0 +1,85 @@
+"""Serving export: packed INT4 weights (two per byte) with their scales, and the forward that
+consumes them, equal to the training-time forward bit for bit."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import int4jax
+from int4jax import Int4Config, int4_linear, serving
+from tests.helpers import make_xw
+
+CONFIGS = {
+    "default": Int4Config(),
+    "one-level": Int4Config(scale_levels=1),
+    "tensor": Int4Config(scale_mode="tensor"),
+    "hq128-full-range": Int4Config(hadamard_block=128, int_range="full"),
+    "group32-levels8": Int4Config(scale_group=32, scale_levels=8),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CONFIGS))
+@pytest.mark.parametrize("m,k,n", [(24, 100, 48), (1, 64, 5)])
+def test_packed_forward_equals_the_training_forward(name, m, k, n):
+  config = CONFIGS[name]
+  x, w = make_xw(m, k, n, seed=k)
+  bias = jnp.linspace(-1, 1, n)
+  packed = serving.export_weight(w, config)
+  assert packed.values.dtype == jnp.uint8
+  # Compiled, both run the same integers through the same epilogue. (Eagerly, the training op
+  # is compiled as one custom-VJP call and the serving ops one by one, so XLA may multiply the
+  # two per-tensor scales in another order: a last-bit difference.)
+  serve = jax.jit(lambda x, p: serving.packed_linear(x, p, bias))
+  train = jax.jit(lambda x, w: int4_linear(x, w, bias, config=config))
+  np.testing.assert_array_equal(serve(x, packed), train(x, w))
+
+
+def test_the_packed_operand_is_the_forward_operand():
+  """Unpacking rebuilds the exact int8 operand m * q the forward quantizer makes."""
+  from int4jax.linear import quantize_operand
+  from int4jax.quantizers import hadamard
+  _, w = make_xw(4, 256, 32, seed=3)
+  config = Int4Config()
+  wq, sw = quantize_operand(hadamard.block_hadamard(w, 32, 0), 0, config)
+  packed = serving.export_weight(w, config)
+  np.testing.assert_array_equal(serving.unpacked_operand(packed), wq)
+  np.testing.assert_array_equal(packed.scale, sw)
+  assert int(jnp.max(jnp.abs(wq))) > 7  # the multipliers are really used and recovered
+
+
+def test_packed_weights_take_under_0_3x_the_memory_of_bf16():
+  _, w = make_xw(4, 1024, 1024)
+  for config in (Int4Config(), Int4Config(scale_levels=1)):
+    packed = serving.export_weight(w, config)
+    assert packed.nbytes <= 0.3 * w.size * 2, (config, packed.nbytes / (w.size * 2))
+
+
+def test_a_quantized_linen_model_serves_from_exported_params():
+  class Model(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+      h = nn.gelu(nn.Dense(512, name="up")(x))
+      return nn.Dense(3, name="head")(nn.Dense(256, name="down")(h))
+
+  x = jax.random.normal(jax.random.key(0), (8, 256))
+  model = int4jax.quantize_model(Model(), exclude=["head"])
+  params = model.init(jax.random.key(1), x)["params"]
+  served = int4jax.export(params, model.plan(x))
+  assert isinstance(served["up"]["kernel"], int4jax.PackedWeight)
+  assert not isinstance(served["head"]["kernel"], int4jax.PackedWeight)  # float layers stay
+  apply = jax.jit(model.apply)
+  np.testing.assert_array_equal(apply({"params": served}, x), apply({"params": params}, x))
+  int4_bytes = sum(served[n]["kernel"].nbytes for n in ("up", "down"))
+  assert int4_bytes <= 0.3 * 2 * (256 * 512 + 512 * 256)
+
+
+def test_export_refuses_what_it_cannot_pack():
+  _, w = make_xw(4, 64, 8)
+  with pytest.raises(ValueError, match="dynamic-scale"):
+    serving.export_weight(w, Int4Config.paper())
+  with pytest.raises(ValueError, match="2-D"):
+    serving.export_weight(jnp.ones((4, 16, 8)))
+  with pytest.raises(ValueError, match="features"):
+    serving.packed_linear(jnp.ones((2, 32)), serving.export_weight(w))
