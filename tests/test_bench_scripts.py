@@ -64,6 +64,7 @@ def test_lss_variance_reports_both_forms(tmp_path):
     assert r["fold (the op)"] > 0 and r["after (float bound)"] > 0
 
 
+@pytest.mark.slow  # builds and times real train steps
 def test_bench_train_step_times_each_variant_like_the_loop(tmp_path):
   from experiments.benchmarks import timer, train_step
   from experiments.configs import get_config

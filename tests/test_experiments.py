@@ -162,6 +162,7 @@ def _data(config):
   return tasks.task_for(config).load(config)
 
 
+@pytest.mark.slow  # trains: left out of the default run, run by .ci/run
 @pytest.mark.parametrize("task,size", [(t, s) for t in TASKS for s in sizes(t)])
 def test_one_real_training_step_of_every_config(task, size, workspace, tmp_path):
   """Every config, one optimizer step on tiny data (the default int4); every variant on one
@@ -241,6 +242,7 @@ def test_every_variant_builds_a_plan_with_int4_block_layers(task, workspace):
     assert all(plan[p] is None for p in plan if re.fullmatch(t.float_layers[0], p)), name
 
 
+@pytest.mark.slow  # trains: left out of the default run, run by .ci/run
 def test_resume_from_checkpoint_is_bit_identical(workspace, tmp_path):
   config = _tiny(get_config("polarity"), workspace, epochs=1.0, checkpoint_every=2)
   data = _data(config)
@@ -288,6 +290,7 @@ def test_evaluation_compiles_once(task, workspace):
   assert evaluate.compiled._cache_size() == 1
 
 
+@pytest.mark.slow  # trains: left out of the default run, run by .ci/run
 def test_report_files_come_from_the_runs(workspace, tmp_path):
   config = _tiny(get_config("uncertainty"), workspace, epochs=0.5, seeds=(0, 1),
                  variants=("fp32", "int4"))
@@ -314,6 +317,7 @@ def test_report_files_come_from_the_runs(workspace, tmp_path):
   assert saved["variants"]["int4"]["vs_fp32_std"] == pytest.approx(diffs.std(), abs=0.01)
 
 
+@pytest.mark.slow  # trains: left out of the default run, run by .ci/run
 def test_lower_is_better_metrics_report_the_relative_gap(workspace, tmp_path):
   config = _tiny(get_config("shakespeare"), workspace, steps=2, variants=("fp32", "int4"),
                  seeds=(0,))
@@ -339,6 +343,7 @@ def test_summary_table_has_one_row_per_variant_and_a_cell_per_task():
   assert "| `int4` | 79.50 ± 0.50 (-0.50 ± 0.50) [2 seeds] | — |" in table
 
 
+@pytest.mark.slow  # trains: left out of the default run, run by .ci/run
 def test_a_rerun_reproduces_a_logged_run_exactly(workspace, tmp_path):
   """What experiments.analysis.loop_reproduction checks on the real runs: the same config,
   variant and seed give the same loss at every logged step and the same evaluation."""
@@ -362,6 +367,7 @@ def test_training_batches_depend_on_seed_and_epoch_only(workspace):
   np.testing.assert_array_equal(ids(0, 1), first)
 
 
+@pytest.mark.slow  # trains: left out of the default run, run by .ci/run
 def test_main_runs_what_is_missing_then_reports(workspace, tmp_path, capsys):
   from experiments import main
   args = ["--task", "shakespeare", "--variants", "fp32", "int4", "--seeds", "0", "--steps", "2",

@@ -9,6 +9,9 @@ import optax
 import orbax.checkpoint as ocp
 import pytest
 
+# Every test here trains: left out of the default run, run by .ci/run (pytest -m slow).
+pytestmark = pytest.mark.slow
+
 from int4jax import Int4Config
 from int4jax.nn.transformer import EncoderClassifier, cross_entropy
 
@@ -59,7 +62,6 @@ def run(state, step, data, first, last, batch=32, key=jax.random.key(1)):
   return state, losses
 
 
-@pytest.mark.slow
 def test_int4_training_tracks_float_training():
   data = make_task(1024, 0)
   test_tokens, test_labels = make_task(512, 1)
