@@ -100,6 +100,13 @@ def _first_bad_loss(losses, first_step: int):
   return None
 
 
+def tune_step(variant: str, train_step, state, batch) -> None:
+  """On GPU, times the kernel choices of an INT4 step's GEMM shapes (int4jax.tune) before jit
+  fixes them; nothing to do on CPU or for fp32."""
+  if variant != "fp32" and int4jax.describe_backend("auto").name == "auto-tuned":
+    int4jax.tune(train_step, state, batch)
+
+
 def train_one(config, workdir: str, variant: str, seed: int, data, *,
               stop_after: Optional[int] = None, progress: bool = True) -> Dict:
   """One (variant, seed) run; see the module doc. stop_after: leave after that many steps (a
@@ -114,9 +121,7 @@ def train_one(config, workdir: str, variant: str, seed: int, data, *,
   tx, schedule = task.optimizer(config, steps)
   state, others = initial_state(task, config, data, model, variant, seed, tx)
   train_step = make_train_step(task, model, tx, others, seed)
-  if variant != "fp32" and int4jax.describe_backend("auto").name == "auto-tuned":
-    # On GPU: time the kernel choices of this step's GEMM shapes before jit fixes them.
-    int4jax.tune(train_step, state, task.train_batch(config, data, seed, 0))
+  tune_step(variant, train_step, state, task.train_batch(config, data, seed, 0))
 
   evaluate = make_evaluate(task, model)
   manager = _checkpointer(os.path.join(run_dir, "ckpt")) if config.checkpoint_every else None

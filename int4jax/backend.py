@@ -20,12 +20,11 @@ from typing import Callable, Optional, Tuple
 import jax
 
 from int4jax import backends, tuning
-from int4jax.backends.base import quantize_jnp
+from int4jax.backends.base import GPU, quantize_jnp
 from int4jax.kernels import int_gemm as xla_gemm
 
 logger = logging.getLogger("int4jax")
 
-GPU = ("gpu", "cuda")
 _reported = set()
 
 
@@ -108,7 +107,7 @@ def _gpu_auto(a, b, contracting, row_scale=None, col_scale=None):
         lambda fn=backends.get(name).scaled_gemm(platform): fn(ta, tb, contracting, None, None),
         want, f"backend {name!r} at {a_shape}x{b_shape}")
         for name in available_gpu_backends(platform)}
-  best = tuning.lookup(choice_key, "xla", candidates)
+  best = tuning.lookup(choice_key, "xla", candidates, valid=available_gpu_backends(platform))
   _report(BackendChoice("auto", best, platform, False, "tuned lookup"), choice_key)
   return backends.get(best).scaled_gemm(platform)(a, b, contracting, row_scale, col_scale)
 

@@ -68,7 +68,8 @@ class Int4Config:
   # Rounding of the forward operands X^ and W^: "nearest" (half to even, deterministic) or
   # "stochastic" (unbiased, E[X^] = XH; a candidate for the LM gap, experiments/variants.py).
   # Stochastic rounding uses the op's key (independent of the backward's draws); a call
-  # without a key, e.g. evaluation with no 'quant' rng, rounds to nearest.
+  # without a key, e.g. linen evaluation with no 'quant' rng, rounds to nearest. NNX layers
+  # draw a key from their rng stream on every call, so evaluate them with a nearest config.
   forward_rounding: Literal["nearest", "stochastic"] = "nearest"
   # Gradient (dY) quantization for both backward GEMMs: "bitsplit" = hi + residual INT4 parts
   # (~INT8); "int4" = one INT4 part; "float" = dY unquantized, float GEMMs against the saved

@@ -99,6 +99,18 @@ def _varying_axes(a) -> frozenset:
   return frozenset(vma or ())
 
 
+def int4_linear_batched(x: jax.Array, w: jax.Array, *, key: Optional[jax.Array] = None,
+                        config: Int4Config = Int4Config(), scales: Scales = None) -> jax.Array:
+  """`int4_linear` on a batch of products, x (B, T, K) @ w (B, K, N) -> (B, T, N), as the layers
+  that are not plain Dense run it (int4jax.contraction.as_matmuls): B == 1 takes `key` itself,
+  more products take one split of it each."""
+  if x.shape[0] == 1:
+    return int4_linear(x[0], w[0], key=key, config=config, scales=scales)[None]
+  keys = None if key is None else jax.random.split(key, x.shape[0])
+  return jax.vmap(lambda xi, wi, ki: int4_linear(xi, wi, key=ki, config=config, scales=scales),
+                  in_axes=(0, 0, None if keys is None else 0))(x, w, keys)
+
+
 def backward_keys(key):
   """The keys of the backward pass: (dX rounding, dW rounding, dW row sampling)."""
   if key is None:
@@ -107,8 +119,9 @@ def backward_keys(key):
 
 
 def forward_keys(key, config: Int4Config):
-  """The keys of the forward's stochastic rounding (X, W), drawn apart from `backward_keys`;
-  (None, None) when the forward rounds to nearest or no key is given."""
+  """The keys of the forward's stochastic rounding (X, W): split(fold_in(key, 1), 2), new keys
+  that no other draw of the op uses (backward_keys' dW key is itself used, not split); (None,
+  None) when the forward rounds to nearest or no key is given."""
   if key is None or config.forward_rounding == "nearest":
     return None, None
   return tuple(jax.random.split(jax.random.fold_in(key, 1), 2))
@@ -142,6 +155,8 @@ def quantize_operand(t, axis: int, config: Int4Config, key=None):
 def forward_from_operand(xh, wq, sw, config: Int4Config):
   """The forward product with W already quantized (wq, sw): X quantized with nearest rounding,
   then the scaled GEMM, as `_forward` runs it (int4jax.serving.packed_linear)."""
+  op_max = _operand_max(config)
+  _check_length(xh.shape[1], op_max, op_max, "forward")
   xq, sx = quantize_operand(xh, 1, config)
   return backend.scaled_gemm(config.backend)(xq, wq, ((1,), (0,)), sx, sw)
 

@@ -24,8 +24,8 @@ def quantize_model(model, rules: Optional[Sequence[QuantRule]] = None, *,
     untouched. Its `.plan(*example_args)` lists which layers are INT4.
   A rule or exclude pattern that matches no layer (a typo) warns; strict=True raises instead
     (NNX: at this call; linen: when the model is first traced or planned).
-  NNX: swaps the matched nnx.Linear layers IN PLACE for int4jax.nnx.Linear sharing their Params
-    and returns the same model; `rngs` supplies the 'quant' stream for backward randomness.
+  NNX: swaps the matched layers IN PLACE for their int4jax.nnx versions sharing their Params and
+    returns the same model; `rngs` supplies the 'quant' stream for backward randomness.
   Embeddings, attention's QK^T / PV, norms and activations are not linear layers here and stay
     float, as does an Einsum whose equation is not a (tokens x in) @ (in x out) contraction
     (logged).

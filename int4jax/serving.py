@@ -16,6 +16,7 @@ equal `int4_linear`'s forward bit for bit.
 
 import dataclasses
 import functools
+import logging
 from typing import Any, Dict, Mapping, Optional
 
 import jax
@@ -25,17 +26,26 @@ from int4jax import linear
 from int4jax.config import Int4Config
 from int4jax.quantizers import hadamard, packing, two_level
 
+logger = logging.getLogger("int4jax")
+
 
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
 class PackedWeight:
   """One layer's (K, N) weight, packed for serving (see the module doc)."""
 
-  values: jax.Array  # uint8 (N, Kp/2): INT4 q, two per byte along K
-  multipliers: Optional[jax.Array]  # uint8 (N, Kp/2g): m - 1, two per byte; None at one level
+  values: jax.Array  # uint8 (N, ceil(Kp/2)): INT4 q, two per byte along K
+  multipliers: Optional[jax.Array]  # uint8 (N, ceil(Kp/2g)): m - 1, two per byte; None at L=1
   scale: jax.Array  # float32 (1, N) per column, or () per tensor
   in_features: int = dataclasses.field(metadata=dict(static=True))  # K before padding
   config: Int4Config = dataclasses.field(metadata=dict(static=True))  # how it was quantized
+  dtype: str = dataclasses.field(metadata=dict(static=True))  # the float kernel's dtype
+
+  @property
+  def padded_features(self) -> int:
+    """Kp: the contraction as the forward pads it."""
+    return -(-self.in_features // self.config.contraction_multiple) * \
+        self.config.contraction_multiple
 
   @property
   def nbytes(self) -> int:
@@ -48,11 +58,21 @@ def _unpack_unsigned(p: jax.Array) -> jax.Array:
   return both.reshape(p.shape[:-1] + (p.shape[-1] * 2,))
 
 
+def _pack_rows(t: jax.Array) -> jax.Array:
+  """int8 nibble values (R, n) packed two per byte along n, padded with a zero to even n."""
+  if t.shape[-1] % 2:
+    t = jnp.pad(t, ((0, 0), (0, 1)))
+  return packing.pack_int4(t)
+
+
 def _check(config: Int4Config):
   if config.scale_mode == "lsq" or config.hadamard_block == "search" or config.forward_bits != 4:
     raise ValueError("int4jax.export: packs dynamic-scale INT4 weights (scale_mode 'row' or "
                      "'tensor', a fixed hadamard_block, forward_bits=4); got "
-                     f"{config}. For a searched block, pass the layer's resolved block")
+                     f"{config}. For a searched block, export with the layer's resolved block")
+  if config.scale_levels > 16:
+    raise ValueError(f"int4jax.export: group multipliers up to 16 fit a nibble; got "
+                     f"scale_levels={config.scale_levels}")
 
 
 def export_weight(kernel: jax.Array, config: Int4Config = Int4Config()) -> PackedWeight:
@@ -77,23 +97,25 @@ def _export_weight(kernel: jax.Array, config: Int4Config) -> PackedWeight:
                                     per_row=config.scale_mode == "row",
                                     clip_ratio=config.scale_clip)  # (Kp/g, N)
     q = (wv.astype(jnp.int32) // jnp.repeat(m, config.scale_group, axis=0)).astype(jnp.int8)
-    multipliers = packing.pack_int4((m - 1).T.astype(jnp.int8))
-  return PackedWeight(values=packing.pack_int4(q.T), multipliers=multipliers, scale=scale,
-                      in_features=kernel.shape[0], config=config)
+    multipliers = _pack_rows((m - 1).T.astype(jnp.int8))
+  return PackedWeight(values=_pack_rows(q.T), multipliers=multipliers, scale=scale,
+                      in_features=kernel.shape[0], config=config, dtype=str(kernel.dtype))
 
 
 def unpacked_operand(packed: PackedWeight) -> jax.Array:
   """The int8 forward operand m * q, (Kp, N), exactly as training's forward quantizer makes it."""
-  q = packing.unpack_int4(packed.values).T
+  kp, group = packed.padded_features, packed.config.scale_group
+  q = packing.unpack_int4(packed.values)[:, :kp].T
   if packed.multipliers is None:
     return q
-  m = _unpack_unsigned(packed.multipliers).T + 1
-  return (q * jnp.repeat(m, packed.config.scale_group, axis=0)).astype(jnp.int8)
+  m = _unpack_unsigned(packed.multipliers)[:, :kp // group].T + 1
+  return (q * jnp.repeat(m, group, axis=0)).astype(jnp.int8)
 
 
 def packed_linear(x: jax.Array, packed: PackedWeight, bias: Optional[jax.Array] = None
                   ) -> jax.Array:
-  """Inference `x @ kernel + bias` from the packed weight: `int4_linear`'s forward, bit for bit."""
+  """Inference `x @ kernel + bias` from the packed weight: `int4_linear`'s forward, bit for bit
+  (compiled), in the same output dtype (x's promoted with the float kernel's)."""
   config = packed.config
   if x.shape[-1] != packed.in_features:
     raise ValueError(f"packed_linear: x has {x.shape[-1]} features, the weight takes "
@@ -106,13 +128,15 @@ def packed_linear(x: jax.Array, packed: PackedWeight, bias: Optional[jax.Array] 
   y = y.reshape(x.shape[:-1] + (n_out,))
   if bias is not None:
     y = y + bias.astype(jnp.float32).reshape((1,) * (y.ndim - 1) + (n_out,))
-  return y.astype(x.dtype)
+  return y.astype(jnp.result_type(x.dtype, packed.dtype))
 
 
 def export(params: Mapping[str, Any], plan: Mapping[str, Optional[Int4Config]]
            ) -> Dict[str, Any]:
   """A copy of a params tree (nested dicts, '/'-joined layer paths as in `plan`) in which the
-  2-D `kernel` of every layer the plan makes INT4 is a PackedWeight. Float layers keep theirs."""
+  2-D `kernel` of every layer the plan makes INT4 is a PackedWeight. Float layers keep theirs, and
+  INT4 layers whose kernel is not 2-D (DenseGeneral, Einsum over several dims) keep their float
+  kernel and still run INT4 from it (logged). Plain Dense layers serve packed kernels."""
   out = jax.tree.map(lambda a: a, dict(params))
   for path, config in plan.items():
     if config is None:
@@ -123,6 +147,10 @@ def export(params: Mapping[str, Any], plan: Mapping[str, Optional[Int4Config]]
       node[name] = dict(node[name])
       node = node[name]
     layer = dict(node[names[-1]])
+    if layer["kernel"].ndim != 2:
+      logger.info("int4jax.export: %s keeps its float kernel (shape %s: not a 2-D Dense kernel)",
+                  path, layer["kernel"].shape)
+      continue
     layer["kernel"] = export_weight(layer["kernel"], config)
     node[names[-1]] = layer
   return out

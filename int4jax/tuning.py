@@ -44,17 +44,22 @@ def key(what: str, layout: str, m: int, n: int, k: int) -> str:
   return f"{jax.devices()[0].device_kind}|{what}|{layout}|{autotune.bucket(m, n, k)}"
 
 
-def lookup(choice_key: str, default: str, candidates: Candidates) -> str:
+def lookup(choice_key: str, default: str, candidates: Candidates, valid=None) -> str:
   """The tuned choice for `choice_key`, or `default` if none was tuned. Never times anything
   (safe under a trace), except inside `tune`, where a miss is tuned on the spot.
 
   candidates() builds {name: thunk} on concrete operands; it is called only by `tune`.
+  valid: the names that can run here; a cached choice outside it (e.g. from a cache file written
+  where jax-triton was installed) is ignored, logged, and tuned again.
   """
-  choices = tuner().choices()
-  if choice_key in choices:
-    return choices[choice_key]
+  choice = tuner().choices().get(choice_key)
+  if choice is not None and (valid is None or choice in valid):
+    return choice
+  if choice is not None and choice_key not in _pending:
+    logger.warning("int4jax: the tuned choice %r for %s cannot run here; using %r",
+                   choice, choice_key, default)
   if _tuning:
-    return tuner().pick(choice_key, candidates())
+    return tuner().pick(choice_key, candidates(), retune=choice is not None)
   if choice_key not in _pending:
     logger.info("int4jax: no tuned choice for %s; using %r (int4jax.tune(fn, *args) tunes it)",
                 choice_key, default)
@@ -99,8 +104,12 @@ def tune(fn: Callable, *args, **kwargs) -> Dict[str, str]:
   try:
     while _pending:
       choice_key, candidates = next(iter(_pending.items()))
-      made[choice_key] = tuner().pick(choice_key, candidates())
-      _pending.pop(choice_key, None)
+      _pending.pop(choice_key)
+      try:  # a key whose every candidate fails keeps its default; the others still tune
+        made[choice_key] = tuner().pick(choice_key, candidates(), retune=True)
+      except Exception as e:
+        logger.warning("int4jax.tune: %s could not be tuned (%s: %s); it keeps its default",
+                       choice_key, type(e).__name__, e)
   finally:
     _tuning = False
   if made:

@@ -18,4 +18,5 @@ if __name__ == "__main__":
                                + " --xla_force_host_platform_device_count=8").strip()
   import int4jax
   print(f"int4jax {int4jax.__version__} from {int4jax.__file__}", file=sys.stderr)
-  sys.exit(pytest.main(["-q", "-p", "no:cacheprovider", *sys.argv[1:]]))
+  # One process per target: Bazel already runs the targets side by side.
+  sys.exit(pytest.main(["-q", "-p", "no:cacheprovider", "-n", "0", *sys.argv[1:]]))

@@ -54,6 +54,7 @@ def test_bench_cpu_linear_times_every_variant_in_one_process(tmp_path):
   assert all(r["median_ms"] > 0 for r in result["rows"])
 
 
+@pytest.mark.slow  # runs the analysis script
 def test_lss_variance_reports_both_forms(tmp_path):
   from experiments.analysis import lss_variance
   out = tmp_path / "lss.md"

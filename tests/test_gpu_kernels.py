@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import int4jax
-from int4jax import Int4Config, backend, int4_linear
+from int4jax import Int4Config, backend, int4_linear, tuning
 from int4jax.backends.mosaic import is_hopper
 from int4jax.kernels import pallas_gemm, pallas_quantize, triton_gemm
 from int4jax.quantizers import int4_quant
@@ -96,8 +96,8 @@ def test_int4_linear_on_gpu_equals_xla(name):
 
 def test_auto_on_gpu_picks_a_correct_backend():
   x, w = make_xw(2048, 2048, 2048, seed=2)
-  made = int4jax.tune(lambda x, w: int4_linear(x, w, config=Int4Config(backend="auto")), x, w)
-  assert made, "tune found nothing to tune at a GEMM this large"
+  int4jax.tune(lambda x, w: int4_linear(x, w, config=Int4Config(backend="auto")), x, w)
+  assert any("scaled_gemm" in k for k in tuning.tuner().choices()), "no GEMM choice was tuned"
   y_auto = jax.jit(lambda x, w: int4_linear(x, w, config=Int4Config(backend="auto")))(x, w)
   y_xla = int4_linear(x, w, config=Int4Config(backend="xla"))
   np.testing.assert_allclose(y_auto, y_xla, rtol=1e-5, atol=1e-5 * float(jnp.abs(y_xla).max()))

@@ -24,7 +24,7 @@ def test_gpu_script_runs_every_stage_and_writes_the_raw_json(tmp_path):
   assert [line.split()[0] for line in stages[:len(STAGES)]] == STAGES
   assert all(" rc=0 " in line for line in stages[:len(STAGES)]), stages
   limits = sum(int(line.rsplit("limit=", 1)[1]) for line in stages[:len(STAGES)])
-  assert limits <= 570  # the whole script fits one 10-minute device call
+  assert limits + 5 * len(STAGES) <= 540  # with kill graces, the script fits a 10-minute call
   for name in ["bench_gemm", "bench_linear", "bench_train_step_gpt2", "bench_train_step_h4096"]:
     result = json.loads((out / f"{name}.json").read_text())
     assert {"device", "driver", "jax_version", "date", "rows"} <= set(result), name

@@ -20,7 +20,9 @@ ALLOWED = {
 def _int4jax_imports(path: pathlib.Path):
   tree = ast.parse(path.read_text())
   for node in ast.walk(tree):
-    if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("int4jax"):
+    if isinstance(node, ast.ImportFrom) and node.level:
+      yield f"a relative import (level {node.level}); the package imports absolutely"
+    elif isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("int4jax"):
       yield from (f"{node.module}.{a.name}" if node.module == "int4jax" else node.module
                   for a in node.names)
     elif isinstance(node, ast.Import):

@@ -125,3 +125,34 @@ def test_sample_continues_the_prompt(lm):
   assert out.startswith(config.prompt)
   n = len(data["tokenizer"].encode(out).ids) - len(data["tokenizer"].encode(config.prompt).ids)
   assert n >= 1  # byte-level pieces may merge on re-encoding; at most sample_tokens
+
+
+def test_a_tfds_text_dataset_trains_through_the_same_path(tmp_path):
+  """Users with internet name a tfds text dataset (e.g. "tiny_shakespeare"); a builder made here
+  (nothing downloads) goes through the same loading, tokenizer and task as the sdist."""
+  import tensorflow_datasets as tfds
+
+  class Int4jaxTinyText(tfds.core.GeneratorBasedBuilder):
+    VERSION = tfds.core.Version("1.0.0")
+
+    def _info(self):
+      return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict(
+          {"text": tfds.features.Text()}))
+
+    def _split_generators(self, dl_manager):
+      return {"train": self._generate_examples(0, 6),
+              "validation": self._generate_examples(1, 2)}
+
+    def _generate_examples(self, seed, n):
+      rng = np.random.default_rng(seed)
+      for i in range(n):
+        yield i, {"text": " ".join(rng.choice(fx.WORDS, size=300))}
+
+  texts = shakespeare.load_texts("int4jax_tiny_text", str(tmp_path))
+  assert sorted(texts) == ["train", "validation"] and len(texts["train"]) == 6
+  config = get_config("shakespeare").replace(dataset="int4jax_tiny_text",
+                                             data_dir=str(tmp_path), **TINY)
+  task = tasks.task_for(config)
+  data = task.load(config)
+  batch = task.train_batch(config, data, 0, 0)
+  assert batch["inputs"].shape == (4, 16) and int(batch["inputs"].max()) < 300

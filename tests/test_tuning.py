@@ -56,7 +56,9 @@ def _layer_step(config):
 
 
 def test_the_guard_catches_execution():
-  """The guard the next tests trace under: any eager computation raises, lowering does not."""
+  """The guard the next tests trace under: an eager computation that moves data to or from the
+  host (concrete operands made from numpy or Python values, or a result read back, as a tuner's
+  check does) raises; lowering does not. The tuner's timer is replaced by one that raises too."""
   with jax.transfer_guard("disallow_explicit"):
     jax.jit(lambda x: x @ x.T).lower(jax.ShapeDtypeStruct((8, 8), jnp.float32))
     with pytest.raises(Exception):

@@ -35,6 +35,7 @@ def run(config, variants, repeats: int):
   fns = {}
   for v in variants:
     fn, state = step_fn(task, config, data, v)
+    train.tune_step(v, fn, state, batch)  # as the loop does, before the first (timed) call
     fns[v] = (lambda f, s: (lambda b: f(s, b)))(fn, state)  # same state every call
   ms = timer.time_interleaved(fns, [(batch,)], repeats)
   base = ms.get("fp32")

@@ -7,6 +7,14 @@ from typing import Callable, Dict, Optional, Tuple
 from int4jax.quantizers import two_level
 
 logger = logging.getLogger("int4jax")
+
+GPU = ("gpu", "cuda")  # jax platform names of CUDA GPUs
+
+
+def static_contracting(contracting):
+  """((ca,), (cb,)) as Python ints (kernels take them as static arguments)."""
+  (ca,), (cb,) = contracting
+  return ((int(ca),), (int(cb),))
 _logged = set()
 
 
@@ -57,7 +65,9 @@ _REGISTRY: Dict[str, Backend] = {}
 
 def register(backend: Backend) -> Backend:
   """Adds `backend` under its name (a name registers once)."""
-  if backend.name in _REGISTRY or backend.name == "auto":
+  if backend.name == "auto":
+    raise ValueError("int4jax backend name 'auto' is reserved (it picks among the others)")
+  if backend.name in _REGISTRY:
     raise ValueError(f"int4jax backend {backend.name!r} is already registered")
   _REGISTRY[backend.name] = backend
   return backend

@@ -4,10 +4,9 @@ that only the unfused bit split needs come from XLA's int8 dot."""
 
 import jax
 
-from int4jax.backends.base import Backend, register
+from int4jax.backends.base import GPU, Backend, register, static_contracting
 from int4jax.kernels import mosaic_gemm
 
-GPU = ("gpu", "cuda")
 
 
 def is_hopper() -> bool:

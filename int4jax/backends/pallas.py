@@ -8,7 +8,8 @@ import jax
 import jax.numpy as jnp
 
 from int4jax import tuning
-from int4jax.backends.base import Backend, log_once, quantize_jnp, register
+from int4jax.backends.base import (GPU, Backend, log_once, quantize_jnp, register,
+                                   static_contracting)
 from int4jax.kernels import int_gemm, pallas_gemm, pallas_quantize
 from int4jax.quantizers.int4_quant import dither_seed
 
@@ -20,12 +21,7 @@ BLOCK_CANDIDATES = (
     pallas_gemm.GemmBlocks(128, 128, 128, num_warps=4, num_stages=4),
     pallas_gemm.GemmBlocks(64, 128, 128, num_warps=4, num_stages=4),
 )
-GPU = ("gpu", "cuda")
 
-
-def _static(contracting):
-  (ca,), (cb,) = contracting
-  return ((int(ca),), (int(cb),))
 
 
 def gemm_blocks(a_shape, b_shape, contracting, interpret: bool) -> pallas_gemm.GemmBlocks:
@@ -47,7 +43,7 @@ def gemm_blocks(a_shape, b_shape, contracting, interpret: bool) -> pallas_gemm.G
                                                              blocks=blocks),
         lambda: int_gemm.int_gemm_xla(a, b, contracting), f"pallas GEMM with {name}")
         for name, blocks in by_name.items()}
-  return by_name[tuning.lookup(key, repr(default), candidates)]
+  return by_name[tuning.lookup(key, repr(default), candidates, valid=by_name)]
 
 
 def _scaled(platform):
@@ -56,7 +52,7 @@ def _scaled(platform):
   def scaled(a, b, contracting, row_scale=None, col_scale=None):
     if row_scale is None and col_scale is None:  # keep the contract: a float result
       row_scale = 1.0
-    contracting = _static(contracting)
+    contracting = static_contracting(contracting)
     blocks = gemm_blocks(a.shape, b.shape, contracting, interpret)
     return pallas_gemm.scaled_gemm_pallas(a, b, row_scale, col_scale, contracting=contracting,
                                           blocks=blocks, interpret=interpret)
@@ -67,7 +63,7 @@ def _int_gemm(platform):
   interpret = platform not in GPU
 
   def gemm(a, b, contracting):
-    contracting = _static(contracting)
+    contracting = static_contracting(contracting)
     return pallas_gemm.scaled_gemm_pallas(
         a, b, contracting=contracting, interpret=interpret,
         blocks=gemm_blocks(a.shape, b.shape, contracting, interpret))

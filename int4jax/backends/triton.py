@@ -2,15 +2,10 @@
 with the `int4jax[triton]` extra. The kernel pipelines only K-major operands, so the others are
 transposed by XLA first (one int8 copy each)."""
 
-from int4jax.backends.base import Backend, register
+from int4jax.backends.base import GPU, Backend, register, static_contracting
 from int4jax.kernels import triton_gemm
 
-GPU = ("gpu", "cuda")
 
-
-def _static(contracting):
-  (ca,), (cb,) = contracting
-  return ((int(ca),), (int(cb),))
 
 
 def _scaled(platform):
@@ -18,7 +13,7 @@ def _scaled(platform):
     if row_scale is None and col_scale is None:
       row_scale = 1.0
     return triton_gemm.scaled_gemm_triton(a, b, row_scale, col_scale,
-                                          contracting=_static(contracting))
+                                          contracting=static_contracting(contracting))
   return scaled
 
 
@@ -37,5 +32,5 @@ TRITON = register(Backend(
     reason=lambda platform: "jax-triton; operands that are not K-major are transposed by XLA first",
     scaled_gemm=_scaled,
     int_gemm=lambda platform: lambda a, b, c: triton_gemm.scaled_gemm_triton(
-        a, b, contracting=_static(c)),
+        a, b, contracting=static_contracting(c)),
 ))

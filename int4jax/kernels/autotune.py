@@ -52,13 +52,15 @@ class Autotuner:
   def choices(self) -> Dict[str, str]:
     return dict(self._choices)
 
-  def pick(self, key: str, candidates: Dict[str, Callable[[], jax.Array]]) -> str:
-    """The fastest candidate name for `key` (timed on the first request, cached afterwards).
+  def pick(self, key: str, candidates: Dict[str, Callable[[], jax.Array]],
+           retune: bool = False) -> str:
+    """The fastest candidate name for `key` (timed on the first request, cached afterwards;
+    retune=True times it again).
 
     A candidate that raises is skipped and logged; if all raise, the first error propagates.
     """
     with self._lock:
-      if key in self._choices and self._choices[key] in candidates:
+      if not retune and key in self._choices and self._choices[key] in candidates:
         return self._choices[key]
       timings, first_error = {}, None
       for name, thunk in candidates.items():

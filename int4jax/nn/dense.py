@@ -46,8 +46,7 @@ def int4_dense_call(layer: nn.Module, inputs: jax.Array, config: Int4Config) -> 
   if layer.has_variable("params", "kernel"):
     packed = layer.get_variable("params", "kernel")
     if isinstance(packed, PackedWeight):  # serving: params from int4jax.export
-      bias = layer.get_variable("params", "bias") if layer.use_bias else None
-      return packed_linear(inputs, packed, bias)
+      return _packed_dense_call(layer, inputs, packed)
   is_general = isinstance(layer, nn.DenseGeneral)
   features = _as_tuple(layer.features)
   axis = _as_tuple(layer.axis) if is_general else (-1,)
@@ -83,6 +82,25 @@ def int4_dense_call(layer: nn.Module, inputs: jax.Array, config: Int4Config) -> 
                      for a in range(ndim) if a not in axis)
     out = out + jnp.reshape(bias, expanded + features)
   return out
+
+
+def _packed_dense_call(layer: nn.Module, inputs: jax.Array, packed: PackedWeight) -> jax.Array:
+  """The layer's call from a packed kernel: the same dtypes and bias order as training. (A layer
+  whose `dtype` rounds the kernel before quantizing, e.g. bf16 compute with f32 params, is served
+  from the param-dtype kernel it was exported from: valid INT4, not bit for bit.)"""
+  if isinstance(layer, nn.DenseGeneral) and (
+      _as_tuple(layer.batch_dims) or len(_as_tuple(layer.features)) != 1
+      or tuple(a % inputs.ndim for a in _as_tuple(layer.axis)) != (inputs.ndim - 1,)):
+    raise ValueError(f"int4jax: layer {'/'.join(layer.path)} has a packed kernel, but only "
+                     "Dense-shaped layers (last axis in, one feature dim) serve packed kernels; "
+                     "keep its float kernel in the exported params")
+  bias = layer.get_variable("params", "bias") if layer.use_bias else None
+  dtype = layer.dtype or jnp.result_type(inputs.dtype, packed.dtype,
+                                         *([bias.dtype] if bias is not None else []))
+  y = packed_linear(inputs.astype(dtype), packed).astype(dtype)
+  if bias is not None:
+    y = y + jnp.reshape(bias.astype(dtype), (1,) * (y.ndim - 1) + (-1,))
+  return y
 
 
 class Dense(nn.Dense):

@@ -15,7 +15,11 @@ from int4jax.nn.int4_dot import int4_einsum
 
 
 def einsum_spec(layer: nn.Einsum, einsum_str=None) -> str:
-  """The einsum a linen Einsum call runs: the call's argument, else the layer's attribute."""
+  """The einsum a linen Einsum call runs: the call's argument or the layer's attribute (giving
+  both is an error, as in Flax)."""
+  if einsum_str is not None and layer.einsum_str is not None:
+    raise ValueError(f"int4jax: Einsum {'/'.join(layer.path)} got einsum_str both as an "
+                     "attribute and as a call argument; give one")
   spec = einsum_str if einsum_str is not None else layer.einsum_str
   if spec is None:
     raise ValueError(f"int4jax: Einsum {'/'.join(layer.path)} has no einsum_str")
@@ -28,6 +32,10 @@ def int4_einsum_call(layer: nn.Einsum, inputs: jax.Array, config: Int4Config,
   nn.Einsum (or subclass) inside its own compact call; its params are created as Flax creates
   them."""
   spec = einsum_spec(layer, einsum_str)
+  if layer.has_variable("params", "kernel") and not hasattr(
+      layer.get_variable("params", "kernel"), "ndim"):
+    raise ValueError(f"int4jax: Einsum {'/'.join(layer.path)} has a packed kernel; export packs "
+                     "Dense-shaped layers only, so keep its float kernel")
   kernel = layer.param("kernel", layer.kernel_init, layer.shape, layer.param_dtype)
   bias, bias_view = None, None
   if layer.use_bias:

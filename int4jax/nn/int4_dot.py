@@ -21,7 +21,7 @@ import jax.numpy as jnp
 
 from int4jax import contraction
 from int4jax.config import Int4Config
-from int4jax.linear import int4_linear
+from int4jax.linear import int4_linear_batched
 from int4jax.quantizers import block_search, hadamard
 from int4jax.quantizers import int4_quant as quantize
 
@@ -104,20 +104,14 @@ def int4_dot_general(owner: nn.Module, lhs: jax.Array, rhs: jax.Array, dimension
   if not isinstance(config, Int4Config):
     raise TypeError(f"int4 dot_general: config must be an Int4Config, got {type(config).__name__}")
   x, w, unflatten = contraction.as_matmuls(lhs, rhs, dimension_numbers)
-  nb, _, k = x.shape
+  k = x.shape[2]
   # State is shared by the batch slices: one block, one pair of per-tensor LSQ scales.
   x_all = x.reshape(-1, k)
   w_all = jnp.moveaxis(w, 0, 1).reshape(k, -1)
   config = config.replace(hadamard_block=resolve_block(owner, x_all, w_all, config))
   scales = lsq_scales(owner, x_all, w_all, config)
   key = quant_key(owner)
-  if nb == 1:
-    y = int4_linear(x[0], w[0], key=key, config=config, scales=scales)[None]
-  else:
-    keys = None if key is None else jax.random.split(key, nb)
-    y = jax.vmap(lambda xi, wi, ki: int4_linear(xi, wi, key=ki, config=config, scales=scales),
-                 in_axes=(0, 0, None if keys is None else 0))(x, w, keys)
-  y = unflatten(y)
+  y = unflatten(int4_linear_batched(x, w, key=key, config=config, scales=scales))
   return y if preferred_element_type is None else y.astype(preferred_element_type)
 
 

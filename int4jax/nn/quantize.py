@@ -36,8 +36,9 @@ def _unmappable(layer: nn.Module, args, kwargs) -> Optional[str]:
   if not isinstance(layer, nn.Einsum):
     return None
   spec = kwargs.get("einsum_str", args[1] if len(args) > 1 else None)
+  inputs = kwargs["inputs"] if "inputs" in kwargs else args[0]
   try:
-    contraction.einsum_dimension_numbers(einsum_spec(layer, spec), args[0].ndim,
+    contraction.einsum_dimension_numbers(einsum_spec(layer, spec), inputs.ndim,
                                          len(layer.shape))
   except ValueError as e:
     return str(e)
@@ -47,10 +48,13 @@ def _unmappable(layer: nn.Module, args, kwargs) -> Optional[str]:
 def _interceptor(rules: Sequence[QuantRule], record: Optional[Dict[str, Any]], run_int4: bool):
   def intercept(next_fun, args, kwargs, context):
     layer = context.module
-    if (context.method_name != "__call__" or not isinstance(layer, LINEAR_LAYERS)
-        or isinstance(layer, INT4_LAYERS)):
+    if context.method_name != "__call__" or not isinstance(layer, LINEAR_LAYERS):
       return next_fun(*args, **kwargs)
     path = _module_path(layer)
+    if isinstance(layer, INT4_LAYERS):  # INT4 by construction: listed, not rewritten
+      if record is not None:
+        record[path] = layer.config
+      return next_fun(*args, **kwargs)
     config = config_for(rules, path)
     why_not = _unmappable(layer, args, kwargs) if config is not None else None
     if why_not is not None:
@@ -102,8 +106,8 @@ class QuantizedModel(nn.Module):
     return out
 
   def plan(self, *args, **kwargs) -> Dict[str, Optional[Int4Config]]:
-    """{module path: its Int4Config, or None when it stays float} for each Dense/DenseGeneral
-    called on these example inputs (shape-only: nothing is computed)."""
+    """{module path: its Int4Config, or None when it stays float} for each Dense, DenseGeneral
+    and Einsum called on these example inputs (shape-only: nothing is computed)."""
     record: Dict[str, Any] = {}
 
     def init(*a, **k):

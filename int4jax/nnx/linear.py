@@ -17,7 +17,7 @@ from flax import nnx
 
 from int4jax import contraction
 from int4jax.config import Int4Config
-from int4jax.linear import int4_linear
+from int4jax.linear import int4_linear_batched
 from int4jax.nn.int4_dot import positive_step
 from int4jax.quantizers import block_search, hadamard
 from int4jax.quantizers import int4_quant as quantize
@@ -75,7 +75,7 @@ class Int4Contraction:
   def _int4_dot(self, lhs, rhs, dimension_numbers, rngs=None):
     """lax.dot_general(lhs, rhs, dimension_numbers) with all three GEMMs in INT4."""
     x, w, unflatten = contraction.as_matmuls(lhs, rhs, dimension_numbers)
-    nb, _, k = x.shape
+    k = x.shape[2]
     if not self.calibrated:  # state shared by the batch slices, as in the linen layers
       self._calibrate(x.reshape(-1, k), jnp.moveaxis(w, 0, 1).reshape(k, -1))
     stream = _stream(rngs) if rngs is not None else self.quant_rngs
@@ -83,12 +83,7 @@ class Int4Contraction:
     config = self.config.replace(hadamard_block=self.hadamard_block)
     scales = ((positive_step(self.x_scale[...]), positive_step(self.kernel_scale[...]))
               if config.scale_mode == "lsq" else None)
-    if nb == 1:
-      return unflatten(int4_linear(x[0], w[0], key=key, config=config, scales=scales)[None])
-    keys = None if key is None else jax.random.split(key, nb)
-    y = jax.vmap(lambda xi, wi, ki: int4_linear(xi, wi, key=ki, config=config, scales=scales),
-                 in_axes=(0, 0, None if keys is None else 0))(x, w, keys)
-    return unflatten(y)
+    return unflatten(int4_linear_batched(x, w, key=key, config=config, scales=scales))
 
 
 class Linear(Int4Contraction, nnx.Linear):

@@ -78,12 +78,13 @@ def quantize_nnx(model: nnx.Module, rules: Optional[Sequence[QuantRule]] = None,
     raise TypeError(f"quantize_model: expected an nnx.Module, got {type(model).__name__}")
   rules = make_rules(rules, config, exclude)
   plan = {}
-  found = [(tuple(p), node, _swap_for(node)) for p, node in nnx.iter_graph(model)]
-  found = [f for f in found if f[2] is not None]
+  layers = [(tuple(p), node) for p, node in nnx.iter_graph(model)
+            if isinstance(node, tuple(t for t, _ in SWAPS))]  # float and already-INT4 ones
+  found = [(p, node, _swap_for(node)) for p, node in layers if _swap_for(node) is not None]
   if any(not p for p, _, _ in found):
     raise TypeError("quantize_model: the model itself is a single layer; use its int4jax.nnx "
                     "version (int4jax.nnx.Linear, LinearGeneral, Einsum)")
-  check_all_match(rules, [_path(p) for p, _, _ in found], strict)
+  check_all_match(rules, [_path(p) for p, _ in layers], strict)
   for path, layer, make in found:
     cfg = config_for(rules, _path(path))
     problem = _einsum_problem(layer) if cfg is not None else None
