@@ -257,6 +257,7 @@ def test_resume_from_checkpoint_is_bit_identical(workspace, tmp_path):
   assert straight["accuracy"] == resumed["accuracy"]
 
 
+@pytest.mark.slow  # over 20 s: the slow run (.ci/run)
 def test_nan_loss_aborts_naming_the_first_bad_step_of_its_window(workspace, tmp_path):
   """Losses are fetched per window of log_every steps; the abort names the first bad step (the
   first loss is computed before any update, so a NaN learning rate shows at step 2)."""

@@ -80,6 +80,7 @@ def test_matches_fake_quant_reference(name, m, k, n):
     np.testing.assert_allclose(g, r, rtol=1e-4, atol=1e-4 * float(jnp.max(jnp.abs(r))))
 
 
+@pytest.mark.slow  # over 20 s: the slow run (.ci/run)
 def test_lsq_matches_reference_including_scale_gradients():
   config = Int4Config.paper()
   x, w = make_xw(32, 64, 24, seed=3)
@@ -120,6 +121,7 @@ def test_8bit_forward_needs_one_scale_level():
     Int4Config(forward_bits=6, scale_levels=1)
 
 
+@pytest.mark.slow  # over 20 s: the slow run (.ci/run)
 def test_forward_stochastic_rounding_is_unbiased():
   """forward_rounding='stochastic': X^ and W^ are rounded with independent unbiased noise, so the
   output's mean over keys converges to x @ w; one draw's error does not shrink. Round-to-nearest
@@ -229,6 +231,7 @@ def test_dw_is_unbiased_over_keys(lss, levels, zero_rows):
   assert err < 4 * var / n + 1e-10 * float(jnp.sum(target ** 2)), (err, var / n, ratio)
 
 
+@pytest.mark.slow  # over 20 s: the slow run (.ci/run)
 def test_fused_and_two_int4_gemm_bit_split_are_identical():
   x, w = make_xw(48, 64, 40)
   cot = jax.random.normal(jax.random.key(13), (48, 40))
@@ -269,6 +272,7 @@ class TestTransforms(chex.TestCase):
                     argnums=(0, 1))(x, w)
     chex.assert_trees_all_close(got, want, rtol=1e-4, atol=1e-5)
 
+  @pytest.mark.slow  # over 20 s: the slow run (.ci/run)
   def test_vmap_equals_loop(self):
     xs = jax.random.normal(jax.random.key(1), (3, 10, 64))
     _, w = make_xw(10, 64, 8)

@@ -119,6 +119,7 @@ def test_bad_rules_fail_early():
     int4jax.quantize_model(lambda x: x)
 
 
+@pytest.mark.slow  # over 20 s: the slow run (.ci/run)
 def test_scan_and_remat_over_int4_layers():
   kw = dict(vocab_size=20, num_classes=C, dim=32, num_heads=2, mlp_dim=64, num_layers=3)
   tokens = TOKENS

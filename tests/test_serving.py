@@ -56,6 +56,7 @@ def test_packed_weights_take_under_0_3x_the_memory_of_bf16():
     assert packed.nbytes <= 0.3 * w.size * 2, (config, packed.nbytes / (w.size * 2))
 
 
+@pytest.mark.slow  # over 20 s: the slow run (.ci/run)
 def test_a_quantized_linen_model_serves_from_exported_params():
   class Model(nn.Module):
     @nn.compact
