@@ -161,3 +161,22 @@ def test_linen_einsum_layers_are_quantized_by_quantize_model():
   sub = {"params": variables["params"]["qkv"]}
   h = jnp.einsum("btd,dhk->bthk", x, sub["params"]["kernel"]) + sub["params"]["bias"][None, None]
   assert rel_err(direct.apply(sub, x), h) < 0.3
+
+
+def test_a_linen_einsum_that_is_not_a_gemm_stays_float(caplog):
+  class Model(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+      h = nn.Einsum((8, 5), "btd,df->btf", name="proj")(x)
+      return nn.Einsum((5,), "btf,f->btf", use_bias=False, name="scale",
+                       kernel_init=nn.initializers.ones)(h)  # elementwise: no GEMM
+
+  x = jax.random.normal(jax.random.key(6), (2, 3, 8))
+  model = int4jax.quantize_model(Model())
+  with caplog.at_level(logging.WARNING, logger="int4jax"):
+    plan = model.plan(x)
+  assert plan == {"proj": Int4Config(), "scale": None}
+  assert any("scale stays float" in r.getMessage() and "contracts no dim" in r.getMessage()
+             for r in caplog.records)
+  variables = model.init(jax.random.key(0), x)
+  assert model.apply(variables, x).shape == (2, 3, 5)

@@ -23,7 +23,7 @@ def test_gpu_script_runs_every_stage_and_writes_the_raw_json(tmp_path):
   assert run.returncode == 0, (run.stdout[-2000:], run.stderr[-2000:])
   assert [line.split()[0] for line in stages[:len(STAGES)]] == STAGES
   assert all(" rc=0 " in line for line in stages[:len(STAGES)]), stages
-  limits = sum(int(line.rsplit("limit=", 1)[1]) for line in stages[:len(STAGES)])
+  limits = sum(int(line.rsplit("gpu_limit=", 1)[1]) for line in stages[:len(STAGES)])
   assert limits + 5 * len(STAGES) <= 540  # with kill graces, the script fits a 10-minute call
   for name in ["bench_gemm", "bench_linear", "bench_train_step_gpt2", "bench_train_step_h4096"]:
     result = json.loads((out / f"{name}.json").read_text())
