@@ -137,7 +137,7 @@ def export(params: Mapping[str, Any], plan: Mapping[str, Optional[Int4Config]]
   2-D `kernel` of every layer the plan makes INT4 is a PackedWeight. Float layers keep theirs, and
   INT4 layers whose kernel is not 2-D (DenseGeneral, Einsum over several dims) keep their float
   kernel and still run INT4 from it (logged). Plain Dense layers serve packed kernels."""
-  out = jax.tree.map(lambda a: a, dict(params))
+  out = dict(params)  # copied along each rewritten path below; the arrays are shared
   for path, config in plan.items():
     if config is None:
       continue
