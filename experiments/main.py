@@ -1,6 +1,7 @@
 """Run an experiment: every variant x seed of a task config, then its report.
 
-  python -m experiments.main --task polarity|uncertainty|shakespeare [--size cpu|gpu|...]
+  python -m experiments.main --task polarity|uncertainty|shakespeare|fashion_mnist|translation
+                             [--size cpu|gpu|...]
                              [--variants fp32 int4] [--seeds 0 1 2] [--steps N]
                              [--workdir DIR] [--data_dir DIR] [--model_dir DIR]
 

@@ -46,13 +46,17 @@ def total_steps(task, config, data) -> int:
 def make_evaluate(task, model):
   """evaluate(variables, config, data) -> metrics, with the per-batch sums jitted once."""
   sums_fn = jax.jit(lambda variables, batch: task.eval_sums(model, variables, batch))
+  extra = {}  # the task's extra evaluator, built on the first call
 
   def evaluate(variables, config, data) -> Dict[str, float]:
     totals = None
     for batch in task.eval_batches(config, data):
       sums = jax.device_get(sums_fn(variables, batch))
       totals = sums if totals is None else jax.tree.map(lambda a, b: a + b, totals, sums)
-    return task.eval_metrics(jax.tree.map(lambda a: a.item(), totals))
+    metrics = task.eval_metrics(jax.tree.map(lambda a: a.item(), totals))
+    if "fn" not in extra:
+      extra["fn"] = task.extra_evaluator(config, model, data)
+    return {**metrics, **(extra["fn"](variables) if extra["fn"] else {})}
 
   evaluate.compiled = sums_fn  # for tests: its cache size is the number of compilations
   return evaluate
@@ -70,14 +74,14 @@ def initial_state(task, config, data, model, variant: str, seed: int, tx):
   return state, variables
 
 
-def make_train_step(task, model, tx, others, seed: int):
+def make_train_step(task, config, model, tx, others, seed: int):
   """The jitted step (state, batch) -> (state, loss); keys from (seed, step)."""
 
   @jax.jit
   def train_step(state, batch):
     key = jax.random.fold_in(jax.random.key(seed), state["step"])
     k_dropout, k_quant = jax.random.split(key)
-    loss_fn = lambda p: task.loss(model, {"params": p, **others}, batch,
+    loss_fn = lambda p: task.loss(config, model, {"params": p, **others}, batch,
                                   {"dropout": k_dropout, "quant": k_quant})
     loss, grads = jax.value_and_grad(loss_fn)(state["params"])
     updates, opt = tx.update(grads, state["opt"], state["params"])
@@ -120,7 +124,7 @@ def train_one(config, workdir: str, variant: str, seed: int, data, *,
 
   tx, schedule = task.optimizer(config, steps)
   state, others = initial_state(task, config, data, model, variant, seed, tx)
-  train_step = make_train_step(task, model, tx, others, seed)
+  train_step = make_train_step(task, config, model, tx, others, seed)
   tune_step(variant, train_step, state, task.train_batch(config, data, seed, 0))
 
   evaluate = make_evaluate(task, model)

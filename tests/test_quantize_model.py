@@ -160,6 +160,27 @@ def test_a_pattern_that_matches_no_layer_warns_or_raises_linen():
                            strict=True).apply({"params": params}, TOKENS)
 
 
+def test_a_call_that_runs_part_of_the_model_does_not_warn_about_the_rest():
+  """An encoder-only call traces no decoder layer; a rule for the decoder still matches the
+  decoder's params, so it stays quiet, while a typo still raises."""
+
+  class EncoderDecoder(nn.Module):
+    @nn.compact
+    def __call__(self, x, decode=True):
+      h = nn.Dense(8, name="encoder")(x)
+      return nn.Dense(4, name="decoder")(h) if decode else h
+
+  x = jnp.ones((2, 8))
+  rules = [QuantRule(path="decoder", config=None), QuantRule()]
+  model = int4jax.quantize_model(EncoderDecoder(), rules, strict=True)
+  params = model.init(jax.random.key(0), x)
+  assert model.apply(params, x, decode=False).shape == (2, 8)
+  typo = int4jax.quantize_model(EncoderDecoder(), [QuantRule(path="decodr", config=None),
+                                                   QuantRule()], strict=True)
+  with pytest.raises(ValueError, match="decodr"):
+    typo.apply(params, x, decode=False)
+
+
 def test_a_pattern_that_matches_no_layer_warns_or_raises_nnx():
   from flax import nnx
 

@@ -25,7 +25,7 @@ def step_fn(task, config, data, variant: str):
   model = train.build_model(task, config, data, variant)
   tx, _ = task.optimizer(config, 100)
   state, others = train.initial_state(task, config, data, model, variant, 0, tx)
-  return train.make_train_step(task, model, tx, others, 0), state
+  return train.make_train_step(task, config, model, tx, others, 0), state
 
 
 def run(config, variants, repeats: int):

@@ -3,7 +3,7 @@ sizes it has ("cpu" runs on 2 cores, "gpu" on one GPU)."""
 
 import importlib
 
-TASKS = ("polarity", "uncertainty", "shakespeare", "fashion_mnist")
+TASKS = ("polarity", "uncertainty", "shakespeare", "fashion_mnist", "translation")
 
 
 def _module(task: str):

@@ -8,7 +8,8 @@ from experiments.variants import VARIANTS
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class TrainConfig:
-  kind: str  # which experiments.tasks module runs it: "classification", "lm" or "vision"
+  kind: str  # which experiments.tasks module runs it: "classification", "lm", "vision" or
+  # "translation"
   task: str  # results file name, e.g. "bert_polarity"
   title: str = ""  # a person's name for the experiment, for plots and tables
   batch_size: int = 32  # training sequences per step

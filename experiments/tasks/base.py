@@ -6,7 +6,7 @@ logging, checkpoints, timing and the NaN abort. So a new task is one module here
 """
 
 import abc
-from typing import Any, Dict, Iterable, Mapping, Tuple
+from typing import Any, Callable, Dict, Iterable, Mapping, Optional, Tuple
 
 import flax.linen as nn
 import numpy as np
@@ -47,7 +47,7 @@ class Task(abc.ABC):
     """The positional arguments of the model for `batch`."""
 
   @abc.abstractmethod
-  def loss(self, model: nn.Module, variables, batch, rngs) -> Any:
+  def loss(self, config, model: nn.Module, variables, batch, rngs) -> Any:
     """The scalar training loss (float32), in training mode (dropout from rngs['dropout'])."""
 
   @abc.abstractmethod
@@ -66,6 +66,24 @@ class Task(abc.ABC):
   def eval_metrics(self, sums: Dict[str, float]) -> Dict[str, float]:
     """Metrics from the sums over all evaluation batches."""
 
+  def extra_evaluator(self, config, model: nn.Module, data
+                      ) -> Optional[Callable[[Any], Dict[str, float]]]:
+    """evaluate(variables) -> metrics that are not sums over batches (e.g. the BLEU of decoded
+    text), or None. Built once per run, so what it jits compiles once."""
+    return None
+
   def finish(self, config, model: nn.Module, variables, data) -> Dict[str, Any]:
     """Extra entries for a finished run's summary (e.g. a text sample); printed by the loop."""
     return {}
+
+
+def epoch_indices(data: Dict, n: int, batch_size: int, steps_per_epoch: int, seed: int,
+                  step: int) -> np.ndarray:
+  """The example indices of batch `step`: a (seed, epoch) permutation of range(n), walked in
+  batches (the permutation of the current epoch is cached in data["_order"])."""
+  epoch, i = divmod(step, steps_per_epoch)
+  cache = data.setdefault("_order", {})
+  if (seed, epoch) not in cache:
+    cache.clear()
+    cache[(seed, epoch)] = np.random.default_rng([seed, epoch]).permutation(n)
+  return cache[(seed, epoch)][i * batch_size:(i + 1) * batch_size]

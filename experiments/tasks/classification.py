@@ -90,7 +90,7 @@ class Classification(Task):
   def model_inputs(self, batch):
     return batch["input_ids"], batch["mask"]
 
-  def loss(self, model, variables, batch, rngs):
+  def loss(self, config, model, variables, batch, rngs):
     logits = model.apply(variables, batch["input_ids"], batch["mask"], deterministic=False,
                          rngs=rngs)
     return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(

@@ -91,7 +91,7 @@ class LanguageModelling(Task):
   def model_inputs(self, batch):
     return (batch["inputs"],)
 
-  def loss(self, model, variables, batch, rngs):
+  def loss(self, config, model, variables, batch, rngs):
     logits = model.apply(variables, batch["inputs"], deterministic=False, rngs=rngs)
     return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(
         logits.astype(jnp.float32), batch["targets"]))

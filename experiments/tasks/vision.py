@@ -17,7 +17,7 @@ import optax
 from experiments.configs.base import TrainConfig
 from experiments.data import corpora, images
 from experiments.models import vit
-from experiments.tasks.base import Task
+from experiments.tasks.base import Task, epoch_indices
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -110,14 +110,8 @@ class ImageClassification(Task):
     return n // config.batch_size
 
   def train_batch(self, config, data, seed, step):
-    per_epoch = self.steps_per_epoch(config, data)
-    epoch, i = divmod(step, per_epoch)
-    cache = data.setdefault("_order", {})
-    if (seed, epoch) not in cache:
-      cache.clear()
-      cache[(seed, epoch)] = np.random.default_rng([seed, epoch]).permutation(
-          len(data["train"]["labels"]))
-    idx = cache[(seed, epoch)][i * config.batch_size:(i + 1) * config.batch_size]
+    idx = epoch_indices(data, len(data["train"]["labels"]), config.batch_size,
+                        self.steps_per_epoch(config, data), seed, step)
     x = augment(data["train"]["images"][idx], config.crop_padding, config.flip,
                 np.random.default_rng([seed, step, 1]))
     return {"images": self._normalize(data, x), "labels": data["train"]["labels"][idx]}
@@ -125,7 +119,7 @@ class ImageClassification(Task):
   def model_inputs(self, batch):
     return (batch["images"],)
 
-  def loss(self, model, variables, batch, rngs):
+  def loss(self, config, model, variables, batch, rngs):
     logits = model.apply(variables, batch["images"], deterministic=False, rngs=rngs)
     return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(
         logits.astype(jnp.float32), batch["labels"]))

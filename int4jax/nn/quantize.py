@@ -85,6 +85,13 @@ def int4_rules(rules: Sequence[QuantRule] = None, *, config: Int4Config = Int4Co
     yield
 
 
+def _kernel_paths(variables) -> set:
+  """The '/'-joined module paths that hold a "kernel" param."""
+  flat = jax.tree_util.tree_flatten_with_path(variables.get("params", {}))[0]
+  return {"/".join(str(k.key) for k in path[:-1]) for path, _ in flat
+          if path and getattr(path[-1], "key", None) == "kernel"}
+
+
 class QuantizedModel(nn.Module):
   """`model` with its matched Dense/DenseGeneral layers in INT4. Same param tree as `model`
   (the wrapper shares its scope), plus the documented quantizer state for configs that need it.
@@ -102,7 +109,10 @@ class QuantizedModel(nn.Module):
     seen: Dict[str, Any] = {}
     with nn.intercept_methods(_interceptor(self.rules, seen, True)):
       out = self.model(*args, **kwargs)
-    check_all_match(self.rules, seen, self.strict)  # at trace time, once per trace
+    # at trace time, once per trace. A call that runs part of the model (an encoder alone) does
+    # not trace every layer: the layers whose params exist count too.
+    layers = set(seen) if self.is_initializing() else set(seen) | _kernel_paths(self.variables)
+    check_all_match(self.rules, layers, self.strict)
     return out
 
   def plan(self, *args, **kwargs) -> Dict[str, Optional[Int4Config]]:
