@@ -3,7 +3,7 @@
   python -m experiments.main --task polarity|uncertainty|shakespeare|fashion_mnist|translation
                              [--size cpu|gpu|...]
                              [--variants fp32 int4] [--seeds 0 1 2] [--steps N]
-                             [--workdir DIR] [--data_dir DIR] [--model_dir DIR]
+                             [--workdir DIR] [--data_dir DIR] [--model_dir DIR] [--dataset NAME]
 
 Prepares the data on first use, trains (experiments.train, the one loop for every task), and
 writes experiments/results/<task>.{json,md,png} with the raw logs (experiments.report). Runs
@@ -29,6 +29,10 @@ def main(argv=None):
   parser.add_argument("--steps", type=int, default=None, help="training steps (default: config)")
   parser.add_argument("--workdir", default=None)
   parser.add_argument("--data_dir", default=None)
+  parser.add_argument("--dataset", default=None,
+                      help="a tfds dataset instead of the offline default, read with the "
+                           "config's feature names and classes (e.g. glue/sst2, cifar10, "
+                           "wmt14_translate/de-en; needs internet the first time)")
   parser.add_argument("--model_dir", default=None,
                       help="BERT tasks: a Hugging Face BERT dir (default: MiniLM-L6)")
   parser.add_argument("--out", default="experiments/results")
@@ -39,7 +43,7 @@ def main(argv=None):
     parser.error(f"--model_dir applies to the BERT tasks, not to {args.task}")
   changes = {"variants": tuple(args.variants) if args.variants else None,
              "seeds": tuple(args.seeds) if args.seeds else None, "steps": args.steps,
-             "data_dir": args.data_dir, "model_dir": args.model_dir}
+             "data_dir": args.data_dir, "model_dir": args.model_dir, "dataset": args.dataset}
   config = config.replace(**{k: v for k, v in changes.items() if v is not None})
   workdir = args.workdir or os.path.join("experiments", "workdir", config.task)
   done = report.collect(workdir)

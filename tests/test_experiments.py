@@ -391,3 +391,7 @@ def test_main_runs_what_is_missing_then_reports(workspace, tmp_path, capsys):
   with pytest.raises(SystemExit):
     main.main(["--task", "shakespeare", "--model_dir", "x"])
   assert "BERT tasks" in capsys.readouterr().err
+  # --dataset reaches the task's loader (a tfds name; this one does not exist)
+  with pytest.raises(Exception, match="int4jax_no_such_dataset"):
+    main.main(args[:-2] + ["--dataset", "int4jax_no_such_dataset", "--workdir",
+                           str(tmp_path / "wd2")])

@@ -173,3 +173,37 @@ def test_bleu_of_the_references_is_100_and_evaluation_reports_it(de_en):
   assert plan["lm_head"] is None
   int4 = [p for p, c in plan.items() if c is not None]
   assert len(int4) == 6 + 10 and sum("cross_attn" in p for p in int4) == 4, int4
+
+
+def test_a_tfds_translation_dataset_goes_through_the_same_path(tmp_path):
+  """Users with internet name a tfds translation dataset (e.g. "wmt14_translate/de-en"); a
+  builder made here (nothing downloads) goes through the same tokenizer, task and decoding."""
+  import tensorflow_datasets as tfds
+
+  class Int4jaxTinyDeEn(tfds.core.GeneratorBasedBuilder):
+    VERSION = tfds.core.Version("1.0.0")
+
+    def _info(self):
+      return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict(
+          {"de": tfds.features.Text(), "en": tfds.features.Text()}))
+
+    def _split_generators(self, dl_manager):
+      return {"train": self._generate_examples(0, 24), "validation": self._generate_examples(1, 4),
+              "test": self._generate_examples(2, 3)}
+
+    def _generate_examples(self, seed, n):
+      rng = np.random.default_rng(seed)
+      for i in range(n):
+        words = list(rng.choice(fx.WORDS, size=3))
+        yield i, {"en": " ".join(words), "de": " ".join(fx.GERMAN[w] for w in words)}
+
+  config = get_config("translation").replace(dataset="int4jax_tiny_de_en",
+                                             data_dir=str(tmp_path), **TINY)
+  task = tasks.task_for(config)
+  data = task.load(config)
+  assert len(data["train"]["src"]) + data["train_left_out"] == 24
+  assert len(data["test"]["references"]) == 3
+  model = task.model(config, data)
+  params = task.init_params(config, model, data, 0)
+  hyps = translation.translator(config, model, data, beam_size=2)({"params": params})
+  assert len(hyps) == 3 and all(isinstance(h, str) for h in hyps)

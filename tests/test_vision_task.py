@@ -117,3 +117,35 @@ def test_evaluation_covers_the_test_split_once(fashion):
   assert sorted(p for p, c in plan.items() if c is not None) == sorted(
       f"block_0/{p}" for p in ("attn/query", "attn/key", "attn/value", "attn/output", "mlp/fc",
                                "mlp/proj"))
+
+
+def test_a_tfds_image_dataset_goes_through_the_same_path(tmp_path):
+  """Users with internet name a tfds image dataset (e.g. "cifar10"); a builder made here (nothing
+  downloads) goes through the same loading, normalization and model as the Debian package."""
+  import tensorflow_datasets as tfds
+
+  class Int4jaxTinyImages(tfds.core.GeneratorBasedBuilder):
+    VERSION = tfds.core.Version("1.0.0")
+
+    def _info(self):
+      return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({
+          "image": tfds.features.Tensor(shape=(28, 28, 3), dtype=np.uint8),
+          "label": tfds.features.ClassLabel(num_classes=10)}))
+
+    def _split_generators(self, dl_manager):
+      return {"train": self._generate_examples(0, 16), "test": self._generate_examples(1, 6)}
+
+    def _generate_examples(self, seed, n):
+      x, y = fx.tiny_images(n, seed)
+      for i in range(n):
+        yield i, {"image": np.repeat(x[i][..., None], 3, axis=-1), "label": int(y[i])}
+
+  config = get_config("fashion_mnist").replace(dataset="int4jax_tiny_images",
+                                               data_dir=str(tmp_path), **TINY)
+  task = tasks.task_for(config)
+  data = task.load(config)
+  assert data["train"]["images"].shape == (16, 28, 28, 3) and data["mean"].shape == (3,)
+  batch = task.train_batch(config, data, 0, 0)
+  params = task.init_params(config, task.model(config, data), data, 0)
+  logits = task.model(config, data).apply({"params": params}, batch["images"])
+  assert logits.shape == (8, 10)
