@@ -10,6 +10,9 @@ Each block sits between `<!-- NAME:start -->` and `<!-- NAME:end -->` in README.
                  --overview)
   lm-table       the table of experiments/results/gpt_shakespeare.md (every variant)
   lm-goal        the default's relative validation-loss gap per LM task, from gpt_shakespeare*.json
+  scratch-goal   the default's gap on the ViT (points) and translation (BLEU) tasks
+  vit-table      the table of experiments/results/vit_fashion_mnist.md
+  translation-table  the table of experiments/results/transformer_de_en.md
   layer-errors   the mean row of experiments/results/bert_layer_errors.md
   cpu-bench      experiments/results/bench_cpu_linear.json
 """
@@ -68,6 +71,17 @@ def bert_goal(r, v) -> str:
           f"|gap| ≤ {GOAL_POINTS} is {verdict}")
 
 
+def points_goal(unit: str):
+  """describe(result, entry) for a higher-is-better metric whose goal is |gap| <= GOAL_POINTS."""
+  def describe(r, v) -> str:
+    gap = v["vs_fp32"]
+    verdict = "met" if abs(gap) <= GOAL_POINTS else f"missed by {abs(gap) - GOAL_POINTS:.2f}"
+    return (f"{r['title']}: default `int4` {v['mean']:.2f} against fp32 "
+            f"{r['variants']['fp32']['mean']:.2f} {unit}, gap {gap:+.2f} ± "
+            f"{v['vs_fp32_std']:.2f}; the goal |gap| ≤ {GOAL_POINTS} is {verdict}")
+  return describe
+
+
 def lm_goal(r, v) -> str:
   gap = v["vs_fp32_rel"]
   verdict = ("met" if gap <= GOAL_LM_PERCENT else
@@ -96,6 +110,12 @@ def blocks() -> dict:
       "lm-table": task_table((RESULTS / "gpt_shakespeare.md").read_text()),
       "lm-goal": goal_lines([json.loads(p.read_text())
                              for p in sorted(RESULTS.glob("gpt_shakespeare*.json"))], lm_goal),
+      "scratch-goal": (goal_lines([json.loads((RESULTS / "vit_fashion_mnist.json").read_text())],
+                                  points_goal("accuracy points"))
+                       + goal_lines([json.loads((RESULTS / "transformer_de_en.json").read_text())],
+                                    points_goal("BLEU"))),
+      "vit-table": task_table((RESULTS / "vit_fashion_mnist.md").read_text()),
+      "translation-table": task_table((RESULTS / "transformer_de_en.md").read_text()),
       "layer-errors": layer_errors_table((RESULTS / "bert_layer_errors.md").read_text()),
       "cpu-bench": cpu_bench_table(json.loads((RESULTS / "bench_cpu_linear.json").read_text())),
   }

@@ -395,3 +395,18 @@ def test_main_runs_what_is_missing_then_reports(workspace, tmp_path, capsys):
   with pytest.raises(Exception, match="int4jax_no_such_dataset"):
     main.main(args[:-2] + ["--dataset", "int4jax_no_such_dataset", "--workdir",
                            str(tmp_path / "wd2")])
+
+
+def test_packed_device_data_loads_like_the_cache(workspace, tmp_path):
+  """pack_for_device carries the ViT and translation data; the tasks load it from there."""
+  from experiments import pack_for_device
+  out = tmp_path / "device"
+  pack_for_device.main(["--out", str(out), "--data_dir", workspace["data_dir"],
+                        "--tasks", "vision", "translation"])
+  for task in ("fashion_mnist", "translation"):
+    config = _tiny(get_config(task), workspace)
+    here, there = _data(config), _data(config.replace(data_dir=str(out / "data")))
+    split = "train"
+    for key in here[split]:
+      if isinstance(here[split][key], np.ndarray):
+        np.testing.assert_array_equal(here[split][key], there[split][key])

@@ -4,7 +4,7 @@ Fashion-MNIST (Zalando, MIT licence) comes from the Debian package `dataset-fash
 installed (`apt-get install dataset-fashion-mnist`, read from INSTALLED_DIR), or fetched once with
 `apt-get download` into the cache and read from the .deb (an ar archive holding data.tar.xz) in
 Python; nothing is installed. Its official split: 60,000 train / 10,000 test images, 28x28 grey.
-Images are cached as uint8 .npz, (N, H, W, C), with int32 labels.
+Images are cached as a compressed uint8 .npz, (N, H, W, C), with int32 labels.
 """
 
 import glob
@@ -105,7 +105,8 @@ def load_fashion_mnist(cache_dir: str) -> Dict[str, Dict[str, np.ndarray]]:
       idx = idx_files_from_deb(fetch_deb(DEB_PACKAGE, cache_dir))
     arrays = fashion_mnist_arrays(idx)
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    np.savez(path + ".part.npz", **{f"{s}_{k}": v for s, d in arrays.items() for k, v in d.items()})
+    np.savez_compressed(path + ".part.npz",
+                        **{f"{s}_{k}": v for s, d in arrays.items() for k, v in d.items()})
     os.replace(path + ".part.npz", path)
   with np.load(path) as z:
     return {s: {"images": z[f"{s}_images"], "labels": z[f"{s}_labels"]} for s in IDX_FILES}
