@@ -4,6 +4,7 @@
                              [--size cpu|gpu|...]
                              [--variants fp32 int4] [--seeds 0 1 2] [--steps N]
                              [--workdir DIR] [--data_dir DIR] [--model_dir DIR] [--dataset NAME]
+                             [--mesh data=4,model=2 [--fsdp]]
 
 Prepares the data on first use, trains (experiments.train, the one loop for every task), and
 writes experiments/results/<task>.{json,md,png} with the raw logs (experiments.report). Runs
@@ -37,13 +38,17 @@ def main(argv=None):
                       help="BERT tasks: a Hugging Face BERT dir (default: MiniLM-L6)")
   parser.add_argument("--out", default="experiments/results")
   parser.add_argument("--checkpoint_every", type=int, default=50)
+  parser.add_argument("--mesh", default=None,
+                      help='a device mesh, e.g. "data=4,model=2" (experiments.sharding)')
+  parser.add_argument("--fsdp", action="store_true", help="with --mesh: split params over data")
   args = parser.parse_args(argv)
   config = get_config(args.task, args.size).replace(checkpoint_every=args.checkpoint_every)
   if args.model_dir and not hasattr(config, "model_dir"):
     parser.error(f"--model_dir applies to the BERT tasks, not to {args.task}")
   changes = {"variants": tuple(args.variants) if args.variants else None,
              "seeds": tuple(args.seeds) if args.seeds else None, "steps": args.steps,
-             "data_dir": args.data_dir, "model_dir": args.model_dir, "dataset": args.dataset}
+             "data_dir": args.data_dir, "model_dir": args.model_dir, "dataset": args.dataset,
+             "mesh": args.mesh, "fsdp": args.fsdp or None}
   config = config.replace(**{k: v for k, v in changes.items() if v is not None})
   workdir = args.workdir or os.path.join("experiments", "workdir", config.task)
   done = report.collect(workdir)

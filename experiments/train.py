@@ -14,8 +14,12 @@ whose loss is not finite (found when its window is fetched). Evaluation compiles
 
 Every variant sees the same params init, data order, dropout masks and quantizer keys for a
 given seed: only the linear layers differ, made INT4 by `int4jax.quantize_model` rules.
+
+config.mesh runs the same step on a device mesh (experiments.sharding): data, tensor and FSDP
+parallelism under one jit, equal to the one-device run up to float reduction order.
 """
 
+import functools
 import json
 import os
 import statistics
@@ -27,7 +31,7 @@ import numpy as np
 import optax
 
 import int4jax
-from experiments import tasks, variants
+from experiments import sharding, tasks, variants
 
 
 def build_model(task, config, data, variant: str):
@@ -74,10 +78,12 @@ def initial_state(task, config, data, model, variant: str, seed: int, tx):
   return state, variables
 
 
-def make_train_step(task, config, model, tx, others, seed: int):
-  """The jitted step (state, batch) -> (state, loss); keys from (seed, step)."""
+def make_train_step(task, config, model, tx, others, seed: int, state_sharding=None):
+  """The jitted step (state, batch) -> (state, loss); keys from (seed, step). With
+  state_sharding (a mesh run), the new state keeps the placement of the old."""
 
-  @jax.jit
+  @functools.partial(jax.jit, out_shardings=None if state_sharding is None
+                     else (state_sharding, None))
   def train_step(state, batch):
     key = jax.random.fold_in(jax.random.key(seed), state["step"])
     k_dropout, k_quant = jax.random.split(key)
@@ -124,8 +130,14 @@ def train_one(config, workdir: str, variant: str, seed: int, data, *,
 
   tx, schedule = task.optimizer(config, steps)
   state, others = initial_state(task, config, data, model, variant, seed, tx)
-  train_step = make_train_step(task, config, model, tx, others, seed)
-  tune_step(variant, train_step, state, task.train_batch(config, data, seed, 0))
+  state_sharding, batch_at = None, lambda step: task.train_batch(config, data, seed, step)
+  if config.mesh:
+    mesh = sharding.make_mesh(config.mesh)
+    state_sharding = sharding.tree_shardings(state, mesh, task.tensor_parallel, config.fsdp)
+    state = jax.device_put(state, state_sharding)
+    batch_at = lambda step: sharding.shard_batch(task.train_batch(config, data, seed, step), mesh)
+  train_step = make_train_step(task, config, model, tx, others, seed, state_sharding)
+  tune_step(variant, train_step, state, batch_at(0))
 
   evaluate = make_evaluate(task, model)
   manager = _checkpointer(os.path.join(run_dir, "ckpt")) if config.checkpoint_every else None
@@ -146,7 +158,7 @@ def train_one(config, workdir: str, variant: str, seed: int, data, *,
   with open(metrics_path, "a") as log:
     write = lambda record: (log.write(json.dumps(record) + "\n"), log.flush())
     for step in range(start, steps):
-      state, loss = train_step(state, task.train_batch(config, data, seed, step))
+      state, loss = train_step(state, batch_at(step))
       window.append(loss)
       done = step + 1
       if done % config.log_every == 0 or done == steps:

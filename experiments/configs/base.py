@@ -23,6 +23,10 @@ class TrainConfig:
   eval_every: int = 0  # steps between evaluations; 0: once per epoch (and at the end)
   checkpoint_every: int = 0  # steps between orbax checkpoints; 0: none
   data_dir: Optional[str] = None  # None: $INT4JAX_DATA_DIR or ~/.cache/int4jax
+  # a device mesh, e.g. "data=4,model=2" (experiments.sharding): batches split over "data", the
+  # task's tensor-parallel layers over "model"; None: one device
+  mesh: Optional[str] = None
+  fsdp: bool = False  # with a mesh: also split every param over "data" (gathered where used)
 
   def __post_init__(self):
     unknown = set(self.variants) - set(VARIANTS)
@@ -32,6 +36,11 @@ class TrainConfig:
       raise ValueError(f"batch_size, epochs and steps must be positive in {self}")
     if self.log_every < 1 or self.eval_every < 0 or self.checkpoint_every < 0:
       raise ValueError(f"log_every >= 1, eval_every >= 0, checkpoint_every >= 0 in {self}")
+    if self.mesh is not None:
+      from experiments.sharding import parse_mesh
+      parse_mesh(self.mesh)  # raises naming the format
+    if self.fsdp and self.mesh is None:
+      raise ValueError("fsdp=True needs a mesh with a data axis, e.g. mesh='data=8'")
 
   def replace(self, **changes) -> "TrainConfig":
     return dataclasses.replace(self, **changes)

@@ -21,6 +21,9 @@ class Task(abc.ABC):
   # {"attn": regex, "mlp": regex, "qk": regex}: the block linear layers of each type (the
   # per-type ablations and policies of experiments.variants)
   layer_groups: Mapping[str, str] = {}
+  # {layer-path regex: "column" or "row"}: how tensor parallelism splits the block layers
+  # (experiments.sharding); layers not listed stay whole on the "model" axis
+  tensor_parallel: Mapping[str, str] = {}
 
   @abc.abstractmethod
   def load(self, config) -> Any:

@@ -50,6 +50,12 @@ class Classification(Task):
   layer_groups = {"attn": r".*/attention/(query|key|value|output)",
                   "mlp": r".*/layer_\d+/(intermediate|output)",
                   "qk": r".*/attention/(query|key)"}
+  tensor_parallel = {
+      r".*/attention/(query|key|value)": "column",
+      r".*/layer_\d+/intermediate": "column",
+      r".*/attention/output": "row",
+      r".*/layer_\d+/output": "row",
+  }
 
   def load(self, config: ClassificationConfig):
     cfg, encoder_params, tokenizer = bert.load_pretrained(config.model_dir)

@@ -61,6 +61,12 @@ class LanguageModelling(Task):
   float_layers = (r"lm_head",)
   layer_groups = {"attn": r"block_\d+/attn/(query|key|value|output|out)",
                   "mlp": r"block_\d+/(fc|proj)", "qk": r"block_\d+/attn/(query|key)"}
+  tensor_parallel = {
+      r"block_\d+/attn/(query|key|value)": "column",
+      r"block_\d+/fc": "column",
+      r"block_\d+/attn/(output|out)": "row",
+      r"block_\d+/proj": "row",
+  }
 
   def load(self, config: LMConfig):
     data_dir = config.data_dir or corpora.default_cache_dir()

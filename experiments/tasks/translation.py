@@ -111,6 +111,12 @@ class Translation(Task):
                           r"(query|key|value|output)",
                   "mlp": r"(encoder|decoder)_\d+/mlp/(fc|proj)",
                   "qk": r"(encoder|decoder)_\d+/(attn|self_attn|cross_attn)/(query|key)"}
+  tensor_parallel = {
+      r"(encoder|decoder)_\d+/(attn|self_attn|cross_attn)/(query|key|value)": "column",
+      r"(encoder|decoder)_\d+/mlp/fc": "column",
+      r"(encoder|decoder)_\d+/(attn|self_attn|cross_attn)/output": "row",
+      r"(encoder|decoder)_\d+/mlp/proj": "row",
+  }
 
   def load(self, config: TranslationConfig):
     data_dir = config.data_dir or corpora.default_cache_dir()

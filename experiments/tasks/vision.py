@@ -73,6 +73,12 @@ class ImageClassification(Task):
   float_layers = (r"patch_embed", r"head")
   layer_groups = {"attn": r"block_\d+/attn/(query|key|value|output)",
                   "mlp": r"block_\d+/mlp/(fc|proj)", "qk": r"block_\d+/attn/(query|key)"}
+  tensor_parallel = {
+      r"block_\d+/attn/(query|key|value)": "column",
+      r"block_\d+/mlp/fc": "column",
+      r"block_\d+/attn/output": "row",
+      r"block_\d+/mlp/proj": "row",
+  }
 
   def load(self, config: VisionConfig):
     data = images.load(config.dataset, config.data_dir or corpora.default_cache_dir(),
