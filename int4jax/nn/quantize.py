@@ -4,6 +4,8 @@ Every nn.Dense / nn.DenseGeneral / nn.Einsum call inside the model is intercepte
 matches a rule with a config, the call runs `int4_dense_call` / `int4_einsum_call` on the same
 module (so the params keep their names, shapes and initialisers), else it runs unchanged. An
 Einsum whose equation is not a (tokens x in) @ (in x out) contraction stays float, logged once.
+`lax.dot_general` / `jnp.einsum` calls that a module makes on its own params are intercepted too
+(int4jax.nn.raw_contractions).
 """
 
 import contextlib
@@ -17,6 +19,7 @@ from int4jax.config import Int4Config
 from int4jax import contraction
 from int4jax.nn.dense import Dense, DenseGeneral, int4_dense_call
 from int4jax.nn.einsum import Einsum, einsum_spec, int4_einsum_call
+from int4jax.nn import raw_contractions
 from int4jax.nn.int4_dot import STATE_COLLECTION
 from int4jax.rules import QuantRule, check_all_match, config_for, make_rules
 
@@ -81,8 +84,14 @@ def int4_rules(rules: Sequence[QuantRule] = None, *, config: Int4Config = Int4Co
   Prefer `quantize_model`, which keeps the rules with the model; this form must surround every
   trace (init, apply, and each jit retrace).
   """
-  with nn.intercept_methods(_interceptor(make_rules(rules, config, exclude), None, True)):
+  rules = make_rules(rules, config, exclude)
+  with nn.intercept_methods(_interceptor(rules, None, True)), _raw(rules, None, True):
     yield
+
+
+def _raw(rules, record, run_int4):
+  """The interception of lax.dot_general / jnp.einsum written inside modules (raw_contractions)."""
+  return raw_contractions.intercept(rules, record, run_int4, LINEAR_LAYERS + (QuantizedModel,))
 
 
 def _kernel_paths(variables) -> set:
@@ -107,7 +116,7 @@ class QuantizedModel(nn.Module):
 
   def __call__(self, *args, **kwargs):
     seen: Dict[str, Any] = {}
-    with nn.intercept_methods(_interceptor(self.rules, seen, True)):
+    with nn.intercept_methods(_interceptor(self.rules, seen, True)), _raw(self.rules, seen, True):
       out = self.model(*args, **kwargs)
     # at trace time, once per trace. A call that runs part of the model (an encoder alone) does
     # not trace every layer: the layers whose params exist count too.
@@ -121,7 +130,8 @@ class QuantizedModel(nn.Module):
     record: Dict[str, Any] = {}
 
     def init(*a, **k):
-      with nn.intercept_methods(_interceptor(self.rules, record, False)):
+      with nn.intercept_methods(_interceptor(self.rules, record, False)), \
+          _raw(self.rules, record, False):
         return self.model.init(jax.random.key(0), *a, **k)
 
     jax.eval_shape(init, *args, **kwargs)
