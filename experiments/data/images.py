@@ -73,8 +73,14 @@ def fetch_deb(package: str, cache_dir: str) -> str:
   found = sorted(glob.glob(os.path.join(downloads, f"{package}_*.deb")))
   if not found:
     os.makedirs(downloads, exist_ok=True)
+    download = lambda: subprocess.run(["apt-get", "download", "-q", package], cwd=downloads,
+                                      check=True)
     try:
-      subprocess.run(["apt-get", "download", "-q", package], cwd=downloads, check=True)
+      try:
+        download()
+      except subprocess.CalledProcessError:  # stale or missing package lists: refresh, retry
+        subprocess.run(["apt-get", "update", "-q"], check=True)
+        download()
     except (OSError, subprocess.CalledProcessError) as e:
       raise RuntimeError(f"could not fetch the Debian package {package} ({e}); install it "
                          f"(apt-get install {package}) or put its .deb in {downloads}") from e
