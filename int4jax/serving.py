@@ -147,6 +147,10 @@ def export(params: Mapping[str, Any], plan: Mapping[str, Optional[Int4Config]]
       node[name] = dict(node[name])
       node = node[name]
     layer = dict(node[names[-1]])
+    if "kernel" not in layer:  # a module's own contraction (raw_contractions): float weights
+      logger.info("int4jax.export: %s keeps its float weights (no 'kernel' param: a contraction "
+                  "the module runs itself)", path)
+      continue
     if layer["kernel"].ndim != 2:
       logger.info("int4jax.export: %s keeps its float kernel (shape %s: not a 2-D Dense kernel)",
                   path, layer["kernel"].shape)

@@ -84,3 +84,28 @@ def test_export_refuses_what_it_cannot_pack():
     serving.export_weight(jnp.ones((4, 16, 8)))
   with pytest.raises(ValueError, match="features"):
     serving.packed_linear(jnp.ones((2, 32)), serving.export_weight(w))
+
+
+def test_a_quantized_nnx_model_serves_from_its_export():
+  """int4jax.nnx.export: a copy whose INT4 Linear layers hold packed kernels; compiled, it
+  answers bit for bit as the training model's forward, and the original is untouched."""
+  from flax import nnx
+
+  class Model(nnx.Module):
+    def __init__(self, rngs):
+      self.up, self.down = nnx.Linear(128, 256, rngs=rngs), nnx.Linear(256, 64, rngs=rngs)
+      self.head = nnx.Linear(64, 3, rngs=rngs)
+
+    def __call__(self, x):
+      return self.head(self.down(nnx.gelu(self.up(x))))
+
+  model = int4jax.quantize_model(Model(nnx.Rngs(0)), exclude=["head"], rngs=nnx.Rngs(quant=1))
+  served = int4jax.nnx.export(model)
+  assert isinstance(served.up.kernel.get_value(), int4jax.PackedWeight)
+  assert not isinstance(served.head.kernel.get_value(), int4jax.PackedWeight)
+  assert not isinstance(model.up.kernel.get_value(), int4jax.PackedWeight)
+  x = jax.random.normal(jax.random.key(2), (8, 128))
+  forward = nnx.jit(lambda m, x: m(x))
+  np.testing.assert_array_equal(forward(served, x), forward(model, x))
+  assert served.up.kernel.get_value().nbytes + served.down.kernel.get_value().nbytes <= 0.3 * 2 * (
+      128 * 256 + 256 * 64)
