@@ -207,3 +207,25 @@ def test_a_tfds_translation_dataset_goes_through_the_same_path(tmp_path):
   params = task.init_params(config, model, data, 0)
   hyps = translation.translator(config, model, data, beam_size=2)({"params": params})
   assert len(hyps) == 3 and all(isinstance(h, str) for h in hyps)
+
+
+def test_a_sentence_decodes_the_same_alone_and_in_a_batch():
+  """Each row of the model depends on its own source only, so beam search must give a sentence
+  the same answer whatever shares its batch (a sentence that stops early is frozen)."""
+  v = 9
+
+  def apply(src, tgt=None, memory=None):  # next-token log-probs from (source id, previous token)
+    table = jax.random.normal(jax.random.key(7), (v, v, v)) * 3
+    if tgt is None:
+      return src
+    return table[src[:, :1], tgt]
+
+  srcs = jnp.arange(3, 9, dtype=jnp.int32)[:, None]  # six different sentences
+  together = decoding.beam_search(apply, srcs, 10, BOS, EOS, PAD, beam_size=3, alpha=0.6)
+  for i in range(len(srcs)):
+    alone = decoding.beam_search(apply, srcs[i:i + 1], 10, BOS, EOS, PAD, beam_size=3, alpha=0.6)
+    np.testing.assert_array_equal(alone[0], together[i])
+  for out in (together, decoding.greedy(apply, srcs, 10, BOS, EOS, PAD)):
+    for row in np.asarray(out):  # no PAD or BOS inside a hypothesis
+      text = row[:list(row).index(EOS)] if EOS in row else row
+      assert PAD not in text and BOS not in text, row

@@ -3,7 +3,9 @@
 `apply(src, tgt_in, memory=None)` is the model's forward (logits), `apply(src)` its encoder.
 Both decoders encode once and re-run the decoder over the whole prefix each step (no key/value
 cache: simple, and the same code path the model trains with), stopping early once every
-sentence has ended. Outputs are (B, max_len - 1) ids after BOS: the text, EOS, then PAD.
+sentence has ended. Outputs are (B, max_len - 1) ids after BOS: the text, EOS, then PAD. A live
+hypothesis never continues with PAD or BOS. Each sentence's answer is the one it gets decoded
+alone: the batch it shares does not change it.
 """
 
 from typing import Callable
@@ -12,6 +14,11 @@ import jax
 import jax.numpy as jnp
 
 NEG = -1e9  # the score of an impossible continuation (finite, so no inf - inf)
+
+
+def _no_pad_or_bos(logits, bos: int, pad: int):
+  v = logits.shape[-1]
+  return jnp.where((jnp.arange(v) == pad) | (jnp.arange(v) == bos), NEG, logits)
 
 
 def greedy(apply: Callable, src_BxS, max_len: int, bos: int, eos: int, pad: int):
@@ -24,6 +31,7 @@ def greedy(apply: Callable, src_BxS, max_len: int, bos: int, eos: int, pad: int)
     i, tokens_BxL, done_B = carry
     logits_BxV = jax.lax.dynamic_index_in_dim(apply(src_BxS, tokens_BxL, memory=memory), i,
                                               axis=1, keepdims=False)
+    logits_BxV = _no_pad_or_bos(logits_BxV.astype(jnp.float32), bos, pad)
     nxt_B = jnp.where(done_B, pad, jnp.argmax(logits_BxV, axis=-1).astype(jnp.int32))
     return i + 1, tokens_BxL.at[:, i + 1].set(nxt_B), done_B | (nxt_B == eos)
 
@@ -41,10 +49,11 @@ def beam_search(apply: Callable, src_BxS, max_len: int, bos: int, eos: int, pad:
                 beam_size: int = 4, alpha: float = 0.6):
   """The best of `beam_size` hypotheses per sentence by log-probability / length_penalty.
 
-  Beams are ranked by raw log-probability during the search; an ended beam keeps its score and
-  extends with PAD at no cost. The search stops when every sentence's best raw-score beam has
-  ended (raw scores only fall, so no running beam can overtake it before normalization), and the
-  answer is the ended beam with the best normalized score (a running one if none ended).
+  A simple beam: the k best hypotheses by raw log-probability, ended ones included (an ended
+  beam keeps its score and extends with PAD at no cost, so it holds its slot only while it stays
+  in the top k). A sentence stops, and is frozen from then on, once its best raw-score beam has
+  ended (raw scores only fall, so no live beam can pass it in raw score). The answer is the ended
+  beam with the best length-normalized score (a live one if none ended).
   """
   b, k = src_BxS.shape[0], beam_size
   src_BKxS = jnp.repeat(src_BxS, k, axis=0)
@@ -54,13 +63,18 @@ def beam_search(apply: Callable, src_BxS, max_len: int, bos: int, eos: int, pad:
   done_BxK = jnp.zeros((b, k), bool)
   lengths_BxK = jnp.zeros((b, k), jnp.int32)
 
+  def stopped(scores_BxK, done_BxK):
+    """(B,) True once the sentence's best raw-score beam has ended."""
+    return jnp.take_along_axis(done_BxK, jnp.argmax(scores_BxK, axis=1)[:, None], axis=1)[:, 0]
+
   def step(carry):
     i, tokens_BxKxL, scores_BxK, done_BxK, lengths_BxK = carry
+    frozen_B = stopped(scores_BxK, done_BxK)
     logits = apply(src_BKxS, tokens_BxKxL.reshape(b * k, max_len), memory=memory)
     logits_BxKxV = jax.lax.dynamic_index_in_dim(logits, i, axis=1, keepdims=False).reshape(
         b, k, -1).astype(jnp.float32)
     v = logits_BxKxV.shape[-1]
-    logp = jax.nn.log_softmax(logits_BxKxV, axis=-1)
+    logp = _no_pad_or_bos(jax.nn.log_softmax(logits_BxKxV, axis=-1), bos, pad)
     pad_only = jnp.where(jnp.arange(v) == pad, 0.0, NEG)
     logp = jnp.where(done_BxK[..., None], pad_only, logp)
     top_scores, top_idx = jax.lax.top_k((scores_BxK[..., None] + logp).reshape(b, k * v), k)
@@ -68,14 +82,15 @@ def beam_search(apply: Callable, src_BxS, max_len: int, bos: int, eos: int, pad:
     pick = lambda x: jnp.take_along_axis(x, parent_BxK.reshape(b, k, *([1] * (x.ndim - 2))),
                                          axis=1)
     parent_done = pick(done_BxK)
-    tokens_BxKxL = pick(tokens_BxKxL).at[:, :, i + 1].set(token_BxK)
-    lengths_BxK = pick(lengths_BxK) + (~parent_done).astype(jnp.int32)
-    return (i + 1, tokens_BxKxL, top_scores, parent_done | (token_BxK == eos), lengths_BxK)
+    new = (pick(tokens_BxKxL).at[:, :, i + 1].set(token_BxK), top_scores,
+           parent_done | (token_BxK == eos), pick(lengths_BxK) + (~parent_done).astype(jnp.int32))
+    old = (tokens_BxKxL, scores_BxK, done_BxK, lengths_BxK)
+    keep = lambda o, n: jnp.where(frozen_B.reshape((b,) + (1,) * (n.ndim - 1)), o, n)
+    return (i + 1, *jax.tree.map(keep, old, new))
 
   def running(carry):
     i, _, scores_BxK, done_BxK, _ = carry
-    best_done = jnp.take_along_axis(done_BxK, jnp.argmax(scores_BxK, axis=1)[:, None], axis=1)
-    return (i < max_len - 1) & ~jnp.all(best_done)
+    return (i < max_len - 1) & ~jnp.all(stopped(scores_BxK, done_BxK))
 
   _, tokens_BxKxL, scores_BxK, done_BxK, lengths_BxK = jax.lax.while_loop(
       running, step, (0, tokens_BxKxL, scores_BxK, done_BxK, lengths_BxK))
