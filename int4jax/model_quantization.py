@@ -13,7 +13,8 @@ from int4jax.rules import QuantRule
 
 def quantize_model(model, rules: Optional[Sequence[QuantRule]] = None, *,
                    config: Int4Config = Int4Config(), exclude: Sequence[str] = (),
-                   rngs: Optional[nnx.Rngs] = None, strict: bool = False):
+                   rngs: Optional[nnx.Rngs] = None, strict: bool = False,
+                   intercept_raw: bool = False):
   """INT4 for the linear layers of `model` that the rules pick: linen Dense, DenseGeneral and
   Einsum; NNX Linear, LinearGeneral (nnx.MultiHeadAttention's projections) and Einsum.
 
@@ -29,12 +30,18 @@ def quantize_model(model, rules: Optional[Sequence[QuantRule]] = None, *,
   Embeddings, attention's QK^T / PV, norms and activations are not linear layers here and stay
     float, as does an Einsum whose equation is not a (tokens x in) @ (in x out) contraction
     (logged).
+  intercept_raw (linen): also make INT4 the `lax.dot_general` / `jnp.einsum` calls that modules
+    run on their own params, by the module's path (int4jax.nn.raw_contractions).
   """
   if isinstance(model, nn.Module):
     if rngs is not None:
       raise ValueError("rngs= is for NNX models; a linen model takes rngs={'quant': key} in apply")
-    return quantize_linen(model, rules, config=config, exclude=exclude, strict=strict)
+    return quantize_linen(model, rules, config=config, exclude=exclude, strict=strict,
+                          intercept_raw=intercept_raw)
   if isinstance(model, nnx.Module):
+    if intercept_raw:
+      raise ValueError("intercept_raw is for linen models; NNX models get INT4 for nnx.Linear, "
+                       "nnx.LinearGeneral and nnx.Einsum layers")
     quantize_nnx(model, rules, config=config, exclude=exclude, rngs=rngs, strict=strict)
     return model
   raise TypeError(f"quantize_model: expected a flax.linen or flax.nnx Module, got "

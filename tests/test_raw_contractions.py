@@ -50,7 +50,7 @@ X = jax.random.normal(jax.random.key(0), (2, 8, 32))
 
 
 def _model(rules=None, **kw):
-  return int4jax.quantize_model(Block(), rules, **kw)
+  return int4jax.quantize_model(Block(), rules, intercept_raw=True, **kw)
 
 
 def test_the_plan_lists_the_weight_contractions_by_module_path():
@@ -112,3 +112,36 @@ def test_a_config_with_quantizer_state_names_the_fix():
   model = _model(config=Int4Config(hadamard_block="search"))
   with pytest.raises(ValueError, match="cannot hold quantizer state"):
     model.init(jax.random.key(1), X)
+
+
+@pytest.mark.filterwarnings("ignore:.*match no layer")  # Block has no Dense layer: expected
+def test_it_is_opt_in():
+  """Without intercept_raw, a module's own contractions stay float, as they always were."""
+  model = int4jax.quantize_model(Block())
+  assert model.plan(X) == {}
+  params = model.init(jax.random.key(1), X)["params"]
+  np.testing.assert_array_equal(model.apply({"params": params}, X),
+                                Block().apply({"params": params}, X))
+
+
+def test_the_wrappers_act_on_the_tracing_thread_only_and_are_then_removed():
+  import threading
+  from int4jax.nn import raw_contractions
+  original = jax.lax.dot_general
+  params = Block().init(jax.random.key(1), X)
+  expected = Block().apply(params, X)
+  inside, release = threading.Event(), threading.Event()
+
+  def trace_elsewhere():
+    with raw_contractions.intercept((QuantRule(),), {}, True, ()):
+      inside.set()
+      release.wait(30)
+
+  thread = threading.Thread(target=trace_elsewhere)
+  thread.start()
+  assert inside.wait(30) and jax.lax.dot_general is not original  # installed for the process
+  out = Block().apply(params, X)  # this thread has no rules: unchanged
+  release.set()
+  thread.join()
+  assert jax.lax.dot_general is original
+  np.testing.assert_array_equal(out, expected)

@@ -4,8 +4,8 @@ Every nn.Dense / nn.DenseGeneral / nn.Einsum call inside the model is intercepte
 matches a rule with a config, the call runs `int4_dense_call` / `int4_einsum_call` on the same
 module (so the params keep their names, shapes and initialisers), else it runs unchanged. An
 Einsum whose equation is not a (tokens x in) @ (in x out) contraction stays float, logged once.
-`lax.dot_general` / `jnp.einsum` calls that a module makes on its own params are intercepted too
-(int4jax.nn.raw_contractions).
+With intercept_raw=True, `lax.dot_general` / `jnp.einsum` calls that a module makes on its own
+params are intercepted too (int4jax.nn.raw_contractions).
 """
 
 import contextlib
@@ -78,19 +78,23 @@ def _interceptor(rules: Sequence[QuantRule], record: Optional[Dict[str, Any]], r
 
 @contextlib.contextmanager
 def int4_rules(rules: Sequence[QuantRule] = None, *, config: Int4Config = Int4Config(),
-               exclude: Sequence[str] = ()):
+               exclude: Sequence[str] = (), intercept_raw: bool = False):
   """Context manager: linen Dense/DenseGeneral calls traced inside it follow `rules`.
 
   Prefer `quantize_model`, which keeps the rules with the model; this form must surround every
   trace (init, apply, and each jit retrace).
   """
   rules = make_rules(rules, config, exclude)
-  with nn.intercept_methods(_interceptor(rules, None, True)), _raw(rules, None, True):
+  with nn.intercept_methods(_interceptor(rules, None, True)), \
+      _raw(rules, None, True, intercept_raw):
     yield
 
 
-def _raw(rules, record, run_int4):
-  """The interception of lax.dot_general / jnp.einsum written inside modules (raw_contractions)."""
+def _raw(rules, record, run_int4, enabled: bool):
+  """The interception of lax.dot_general / jnp.einsum written inside modules (raw_contractions),
+  when enabled."""
+  if not enabled:
+    return contextlib.nullcontext()
   return raw_contractions.intercept(rules, record, run_int4, LINEAR_LAYERS + (QuantizedModel,))
 
 
@@ -110,13 +114,17 @@ class QuantizedModel(nn.Module):
   model: nn.Module
   rules: Tuple[QuantRule, ...]
   strict: bool = False  # a pattern that matches no layer raises instead of warning
+  # also rewrite lax.dot_general / jnp.einsum that modules run on their own params
+  # (int4jax.nn.raw_contractions)
+  intercept_raw: bool = False
 
   def setup(self):
     nn.share_scope(self, self.model)
 
   def __call__(self, *args, **kwargs):
     seen: Dict[str, Any] = {}
-    with nn.intercept_methods(_interceptor(self.rules, seen, True)), _raw(self.rules, seen, True):
+    with nn.intercept_methods(_interceptor(self.rules, seen, True)), \
+        _raw(self.rules, seen, True, self.intercept_raw):
       out = self.model(*args, **kwargs)
     # at trace time, once per trace. A call that runs part of the model (an encoder alone) does
     # not trace every layer: the layers whose params exist count too.
@@ -131,7 +139,7 @@ class QuantizedModel(nn.Module):
 
     def init(*a, **k):
       with nn.intercept_methods(_interceptor(self.rules, record, False)), \
-          _raw(self.rules, record, False):
+          _raw(self.rules, record, False, self.intercept_raw):
         return self.model.init(jax.random.key(0), *a, **k)
 
     jax.eval_shape(init, *args, **kwargs)
@@ -141,11 +149,11 @@ class QuantizedModel(nn.Module):
 
 def quantize_linen(model: nn.Module, rules: Optional[Sequence[QuantRule]] = None, *,
                    config: Int4Config = Int4Config(), exclude: Sequence[str] = (),
-                   strict: bool = False):
+                   strict: bool = False, intercept_raw: bool = False):
   if not isinstance(model, nn.Module):
     raise TypeError(f"quantize_model: expected a flax module, got {type(model).__name__}")
   return QuantizedModel(model=model.clone(parent=None), rules=make_rules(rules, config, exclude),
-                        strict=strict)
+                        strict=strict, intercept_raw=intercept_raw)
 
 
 def calibrate(model: nn.Module, variables, *args, **kwargs):
