@@ -11,7 +11,10 @@ Placement of a param with module path M and name N (kernel, bias, ...):
   Column then row, as in Megatron, so an MLP or attention block needs one reduction.
 - FSDP (fsdp=True, mesh axis "data"): every param's largest dimension that is not already split
   and divides by the data axis is split over "data"; GSPMD gathers it where it is used.
-A dimension that does not divide by its axis stays whole, and `describe` lists it.
+A dimension that does not divide by its axis stays whole, and `describe` lists it. The column/row
+rule assumes Dense kernels (in, out); DenseGeneral kernels (Flax's attention: (d, heads,
+head_dim) and (heads, head_dim, d)) are split on their first or last dim, which is correct but
+makes GSPMD reshard between the layers.
 """
 
 import re

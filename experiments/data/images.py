@@ -57,7 +57,12 @@ def idx_files_from_deb(deb_path: str) -> Dict[str, bytes]:
     raise ValueError(f"{deb_path} has no data.tar member")
   wanted = {name for pair in IDX_FILES.values() for name in pair}
   out = {}
-  with tarfile.open(fileobj=io.BytesIO(data_tar)) as tar:
+  try:
+    tar = tarfile.open(fileobj=io.BytesIO(data_tar))
+  except tarfile.ReadError:  # a compression tarfile lacks (zstd): let dpkg-deb unpack it
+    tar = tarfile.open(fileobj=io.BytesIO(subprocess.run(
+        ["dpkg-deb", "--fsys-tarfile", deb_path], check=True, capture_output=True).stdout))
+  with tar:
     for member in tar.getmembers():
       if os.path.basename(member.name) in wanted:
         out[os.path.basename(member.name)] = tar.extractfile(member).read()
@@ -105,8 +110,10 @@ def load_fashion_mnist(cache_dir: str) -> Dict[str, Dict[str, np.ndarray]]:
   path = os.path.join(cache_dir, "vision", "fashion_mnist.npz")
   if not os.path.exists(path):
     if all(os.path.exists(os.path.join(INSTALLED_DIR, f)) for p in IDX_FILES.values() for f in p):
-      idx = {f: open(os.path.join(INSTALLED_DIR, f), "rb").read()
-             for p in IDX_FILES.values() for f in p}
+      idx = {}
+      for f in (f for pair in IDX_FILES.values() for f in pair):
+        with open(os.path.join(INSTALLED_DIR, f), "rb") as fh:
+          idx[f] = fh.read()
     else:
       idx = idx_files_from_deb(fetch_deb(DEB_PACKAGE, cache_dir))
     arrays = fashion_mnist_arrays(idx)

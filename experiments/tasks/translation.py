@@ -3,8 +3,9 @@
 Data: experiments.data.bible (Elberfelder 1932 -> World English Bible, split by book), or any
 tfds translation dataset (e.g. "wmt14_translate/de-en", needs internet the first time). A joint
 byte-level BPE is trained on the train split. Training pairs longer than max_len tokens (BOS and
-EOS included) on either side are left out; evaluation keeps every pair with its source cut at
-max_len (long_pairs="cut"), or leaves those out too (long_pairs="drop": a short-verse task).
+EOS included) on either side are left out; evaluation keeps every pair, cut at max_len
+(long_pairs="cut": BLEU still scores against the full reference), or leaves those out too
+(long_pairs="drop": a short-verse task).
 
 Training: label-smoothed cross-entropy over the target tokens. Evaluation: the validation
 split's loss (teacher-forced), and sacreBLEU of greedy translations of the test split (the
@@ -40,7 +41,8 @@ class TranslationConfig(TrainConfig):
   vocab_size: int = 4096  # joint BPE vocabulary, trained on the train split
   max_len: int = 64  # tokens per side, BOS and EOS included
   # pairs with a side longer than max_len: training always leaves them out; evaluation "cut"s
-  # their source at max_len, or "drop"s them too (a short-sentence task, e.g. for CPUs)
+  # them at max_len (the source the model reads, the teacher-forced validation target; BLEU
+  # scores against the full reference), or "drop"s them too (a short-sentence task, for CPUs)
   long_pairs: str = "cut"
   num_layers: int = 3  # encoder blocks, and as many decoder blocks
   hidden_size: int = 128  # model width
@@ -63,6 +65,8 @@ class TranslationConfig(TrainConfig):
     if self.max_len < 3 or self.hidden_size % self.num_heads or self.beam_size < 1:
       raise ValueError(f"max_len >= 3, hidden_size a multiple of num_heads and beam_size >= 1 "
                        f"in {self}")
+    if self.test_sentences is not None and self.test_sentences < 1:
+      raise ValueError(f"test_sentences must be None (all) or >= 1, got {self.test_sentences}")
     if self.long_pairs not in ("cut", "drop"):
       raise ValueError(f"long_pairs must be 'cut' or 'drop', got {self.long_pairs!r}")
 
@@ -81,10 +85,10 @@ def load_texts(config: TranslationConfig, data_dir: str):
 
 
 def tokenizer_for(config: TranslationConfig, texts, data_dir: str):
-  """The joint BPE of the train split, trained once and cached."""
+  """The joint BPE of the train split, trained once and cached (per dataset, split and size)."""
   from tokenizers import Tokenizer
   path = os.path.join(data_dir, "translation", config.dataset.replace("/", "_"),
-                      f"bpe{config.vocab_size}", "tokenizer.json")
+                      f"bpe{config.vocab_size}_{config.train_split}", "tokenizer.json")
   if os.path.exists(path):
     return Tokenizer.from_file(path)
   tok = bible.train_tokenizer([s for pair in texts[config.train_split] for s in pair],
