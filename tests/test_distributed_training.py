@@ -64,6 +64,7 @@ def test_placement_splits_columns_rows_and_fsdp_dimensions():
   assert tuple(placed["opt"][0].count.spec) == ()
 
 
+@pytest.mark.slow  # over 20 s each: the slow run (.ci/run)
 @pytest.mark.parametrize("mesh,fsdp", [("data=8", False), ("data=2,model=4", False),
                                        ("data=4,model=2", True)])
 def test_a_mesh_step_equals_the_one_device_step(lm, tmp_path, mesh, fsdp):
@@ -85,6 +86,7 @@ def test_a_mesh_step_equals_the_one_device_step(lm, tmp_path, mesh, fsdp):
   assert kernel.sharding.spec == expected  # the step kept the placement
 
 
+@pytest.mark.slow  # over 20 s each: the slow run (.ci/run)
 @pytest.mark.parametrize("mesh,fsdp", [("data=2,model=4", False), ("data=8", True)])
 def test_the_tensor_parallel_step_gathers_no_weight_matrix(lm, mesh, fsdp):
   """The compiled step's all-gathers: none has a block weight's full shape under tensor

@@ -233,7 +233,9 @@ def test_the_mse_clip_variant_clips_where_gaussian_rows_lose_least():
   assert config.scale_clip == best and config.scale_levels == 1
 
 
-@pytest.mark.parametrize("task", ["polarity", "shakespeare", "fashion_mnist", "translation"])
+@pytest.mark.parametrize("task", ["polarity", "shakespeare",
+                                  pytest.param("fashion_mnist", marks=pytest.mark.slow),
+                                  pytest.param("translation", marks=pytest.mark.slow)])
 def test_every_variant_builds_a_plan_with_int4_block_layers(task, workspace):
   config = _tiny(get_config(task), workspace)
   t, data = tasks.task_for(config), _data(config)
@@ -397,6 +399,7 @@ def test_main_runs_what_is_missing_then_reports(workspace, tmp_path, capsys):
                            str(tmp_path / "wd2")])
 
 
+@pytest.mark.slow  # over 15 s on 2 busy cores: the slow run (.ci/run)
 def test_packed_device_data_loads_like_the_cache(workspace, tmp_path):
   """pack_for_device carries the ViT and translation data; the tasks load it from there."""
   from experiments import pack_for_device

@@ -93,6 +93,7 @@ def test_smoothed_cross_entropy_is_plain_cross_entropy_at_zero_and_mixes_uniform
                              0.9 * plain + 0.1 * uniform, rtol=1e-6)
 
 
+@pytest.mark.slow  # over 15 s on 2 busy cores: the slow run (.ci/run)
 def test_the_model_is_causal_and_blind_to_source_padding():
   model = seq2seq.Seq2Seq(seq2seq.Seq2SeqConfig(vocab_size=20, max_len=10, num_layers=1,
                                                 hidden_size=16, num_heads=2))
@@ -160,6 +161,7 @@ def test_a_beam_of_one_is_greedy():
       decoding.greedy(table_model(table), src, 7, BOS, EOS, PAD))
 
 
+@pytest.mark.slow  # over 20 s: the slow run (.ci/run)
 def test_bleu_of_the_references_is_100_and_evaluation_reports_it(de_en):
   config, task, data = de_en
   refs = data["test"]["references"]
@@ -175,6 +177,7 @@ def test_bleu_of_the_references_is_100_and_evaluation_reports_it(de_en):
   assert len(int4) == 6 + 10 and sum("cross_attn" in p for p in int4) == 4, int4
 
 
+@pytest.mark.slow  # over 15 s on 2 busy cores: the slow run (.ci/run)
 def test_a_tfds_translation_dataset_goes_through_the_same_path(tmp_path):
   """Users with internet name a tfds translation dataset (e.g. "wmt14_translate/de-en"); a
   builder made here (nothing downloads) goes through the same tokenizer, task and decoding."""
@@ -221,10 +224,11 @@ def test_a_sentence_decodes_the_same_alone_and_in_a_batch():
     return table[src[:, :1], tgt]
 
   srcs = jnp.arange(3, 9, dtype=jnp.int32)[:, None]  # six different sentences
-  together = decoding.beam_search(apply, srcs, 10, BOS, EOS, PAD, beam_size=3, alpha=0.6)
+  beam = jax.jit(lambda s: decoding.beam_search(apply, s, 10, BOS, EOS, PAD, beam_size=3,
+                                                alpha=0.6))
+  together = beam(srcs)
   for i in range(len(srcs)):
-    alone = decoding.beam_search(apply, srcs[i:i + 1], 10, BOS, EOS, PAD, beam_size=3, alpha=0.6)
-    np.testing.assert_array_equal(alone[0], together[i])
+    np.testing.assert_array_equal(beam(srcs[i:i + 1])[0], together[i])
   for out in (together, decoding.greedy(apply, srcs, 10, BOS, EOS, PAD)):
     for row in np.asarray(out):  # no PAD or BOS inside a hypothesis
       text = row[:list(row).index(EOS)] if EOS in row else row

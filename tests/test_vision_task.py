@@ -103,6 +103,7 @@ def test_training_batches_are_seeded_random_access_and_normalized(fashion):
   assert first["images"].dtype == np.float32 and first["images"].shape == (8, 28, 28, 1)
 
 
+@pytest.mark.slow  # over 15 s on 2 busy cores: the slow run (.ci/run)
 def test_evaluation_covers_the_test_split_once(fashion):
   config, task, data = fashion
   batches = list(task.eval_batches(config, data))
@@ -119,6 +120,7 @@ def test_evaluation_covers_the_test_split_once(fashion):
                                "mlp/proj"))
 
 
+@pytest.mark.slow  # over 15 s on 2 busy cores: the slow run (.ci/run)
 def test_a_tfds_image_dataset_goes_through_the_same_path(tmp_path):
   """Users with internet name a tfds image dataset (e.g. "cifar10"); a builder made here (nothing
   downloads) goes through the same loading, normalization and model as the Debian package."""
