@@ -3,15 +3,22 @@
 import pathlib
 import re
 
+import pytest
+
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text()
 
 
-def test_python_blocks_run():
-  blocks = re.findall(r"```python\n(.*?)```", README, re.S)
-  assert blocks
-  for block in blocks:
-    exec(compile(block, "README.md", "exec"), {})
+BLOCKS = re.findall(r"```python\n(.*?)```", README, re.S)
+
+
+def test_the_readme_has_python_blocks():
+  assert len(BLOCKS) >= 5
+
+
+@pytest.mark.parametrize("index", range(len(BLOCKS)))  # one test each: xdist spreads them
+def test_python_blocks_run(index):
+  exec(compile(BLOCKS[index], "README.md", "exec"), {})
 
 
 def test_ci_runs_the_readme_test_command():

@@ -212,6 +212,7 @@ def test_a_tfds_translation_dataset_goes_through_the_same_path(tmp_path):
   assert len(hyps) == 3 and all(isinstance(h, str) for h in hyps)
 
 
+@pytest.mark.slow  # over 10 s: the slow run (.ci/run)
 def test_a_sentence_decodes_the_same_alone_and_in_a_batch():
   """Each row of the model depends on its own source only, so beam search must give a sentence
   the same answer whatever shares its batch (a sentence that stops early is frozen)."""
