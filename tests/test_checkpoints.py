@@ -2,6 +2,7 @@
 the quantized model and the quantized model's params restore into the float model, linen and
 NNX. The quantizer's rng state is not a Param, so the NNX pattern splits on nnx.Param."""
 
+import pytest
 import chex
 import flax.linen as nn
 import jax
@@ -42,6 +43,7 @@ def _restore(path, target):
     return ckpt.restore(path, target)
 
 
+@pytest.mark.slow  # over 20 s: the slow run (.ci/run), to keep the default run under 10 min
 def test_nnx_float_checkpoint_restores_into_the_int4_model_and_back(tmp_path):
   trained = NnxNet(nnx.Rngs(0))  # stands for a trained float model
   _save(tmp_path / "float", nnx.state(trained, nnx.Param))

@@ -69,6 +69,7 @@ def _external_gpt_block(d, rngs):
   return Block()
 
 
+@pytest.mark.slow  # over 20 s: the slow run (.ci/run), to keep the default run under 10 min
 def test_nnx_attention_and_mlp_all_become_int4():
   """An external-style NNX GPT block: q, k, v, out and both MLP layers are INT4 (the head is
   excluded); the jaxpr of a train step holds 3 integer GEMMs per quantized layer."""

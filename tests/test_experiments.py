@@ -276,6 +276,7 @@ def test_nan_loss_aborts_naming_the_first_bad_step_of_its_window(workspace, tmp_
     train.train_one(config, str(tmp_path), "fp32", 0, _data(config), progress=False)
 
 
+@pytest.mark.slow  # over 20 s: the slow run (.ci/run), to keep the default run under 10 min
 def test_losses_are_logged_per_window(workspace, tmp_path):
   config = _tiny(get_config("polarity"), workspace, epochs=1.0, log_every=2)
   train.train_one(config, str(tmp_path), "fp32", 0, _data(config), progress=False)

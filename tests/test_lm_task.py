@@ -81,6 +81,7 @@ def test_validation_windows_cover_the_split_once(lm):
   assert sum(int(b["valid"].sum()) for b in spaced) == 3
 
 
+@pytest.mark.slow  # over 20 s: the slow run (.ci/run), to keep the default run under 10 min
 def test_validation_loss_weighs_every_token_once(lm):
   """eval_sums over padded batches equals the mean loss of the valid windows, computed here
   directly from the model's logits."""
