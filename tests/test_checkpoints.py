@@ -2,13 +2,13 @@
 the quantized model and the quantized model's params restore into the float model, linen and
 NNX. The quantizer's rng state is not a Param, so the NNX pattern splits on nnx.Param."""
 
-import pytest
 import chex
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
+import pytest
 from flax import nnx
 
 import int4jax
