@@ -9,7 +9,9 @@ import abc
 from typing import Any, Callable, Dict, Iterable, Mapping, Optional, Tuple
 
 import flax.linen as nn
+import jax
 import numpy as np
+import optax
 
 
 class Task(abc.ABC):
@@ -90,3 +92,18 @@ def epoch_indices(data: Dict, n: int, batch_size: int, steps_per_epoch: int, see
     cache.clear()
     cache[(seed, epoch)] = np.random.default_rng([seed, epoch]).permutation(n)
   return cache[(seed, epoch)][i * batch_size:(i + 1) * batch_size]
+
+
+def warmup_cosine_adamw(config, total_steps: int, *, b2: float, end_value: float = 0.0):
+  """(tx, schedule): linear warm-up over config.warmup_steps to config.learning_rate, cosine decay
+  to end_value, global-norm clipping at config.grad_clip, AdamW (b1 0.9) with weight decay on
+  matrices only. The from-scratch tasks (LM, ViT, translation) share it."""
+  warmup = min(config.warmup_steps, max(total_steps - 1, 0))
+  schedule = optax.warmup_cosine_decay_schedule(0.0, config.learning_rate, warmup,
+                                                max(total_steps, warmup + 1),
+                                                end_value=end_value)
+  matrices = lambda params: jax.tree.map(lambda p: p.ndim >= 2, params)
+  tx = optax.chain(optax.clip_by_global_norm(config.grad_clip),
+                   optax.adamw(schedule, b1=0.9, b2=b2, weight_decay=config.weight_decay,
+                               mask=matrices))
+  return tx, schedule

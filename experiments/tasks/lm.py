@@ -17,7 +17,7 @@ import optax
 from experiments.configs.base import TrainConfig
 from experiments.data import corpora, shakespeare
 from experiments.models import gpt
-from experiments.tasks.base import Task
+from experiments.tasks.base import Task, warmup_cosine_adamw
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -103,15 +103,9 @@ class LanguageModelling(Task):
         logits.astype(jnp.float32), batch["targets"]))
 
   def optimizer(self, config, total_steps):
-    warmup = min(config.warmup_steps, max(total_steps - 1, 0))
-    schedule = optax.warmup_cosine_decay_schedule(
-        0.0, config.learning_rate, warmup, max(total_steps, warmup + 1),
-        end_value=config.learning_rate * config.min_lr_ratio)
-    matrices = lambda params: jax.tree.map(lambda p: p.ndim >= 2, params)
-    tx = optax.chain(optax.clip_by_global_norm(config.grad_clip),
-                     optax.adamw(schedule, b1=0.9, b2=0.95, weight_decay=config.weight_decay,
-                                 mask=matrices))
-    return tx, schedule
+    return warmup_cosine_adamw(config, total_steps, b2=0.95,
+                               end_value=config.learning_rate * config.min_lr_ratio)
+
 
   def eval_batches(self, config, data):
     stream, t = data["eval"], config.seq_len

@@ -25,7 +25,7 @@ import optax
 from experiments.configs.base import TrainConfig
 from experiments.data import bible, corpora
 from experiments.models import decoding, seq2seq
-from experiments.tasks.base import Task, epoch_indices
+from experiments.tasks.base import Task, epoch_indices, warmup_cosine_adamw
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -173,15 +173,9 @@ class Translation(Task):
     return jnp.sum(jnp.where(mask, per_token, 0.0)) / jnp.maximum(jnp.sum(mask), 1)
 
   def optimizer(self, config, total_steps):
-    warmup = min(config.warmup_steps, max(total_steps - 1, 0))
-    schedule = optax.warmup_cosine_decay_schedule(
-        0.0, config.learning_rate, warmup, max(total_steps, warmup + 1),
-        end_value=config.learning_rate * config.min_lr_ratio)
-    matrices = lambda params: jax.tree.map(lambda p: p.ndim >= 2, params)
-    tx = optax.chain(optax.clip_by_global_norm(config.grad_clip),
-                     optax.adamw(schedule, b1=0.9, b2=0.98, weight_decay=config.weight_decay,
-                                 mask=matrices))
-    return tx, schedule
+    return warmup_cosine_adamw(config, total_steps, b2=0.98,
+                               end_value=config.learning_rate * config.min_lr_ratio)
+
 
   def eval_batches(self, config, data):
     src, tgt, b = data["validation"]["src"], data["validation"]["tgt"], config.batch_size

@@ -17,7 +17,7 @@ import optax
 from experiments.configs.base import TrainConfig
 from experiments.data import corpora, images
 from experiments.models import vit
-from experiments.tasks.base import Task, epoch_indices
+from experiments.tasks.base import Task, epoch_indices, warmup_cosine_adamw
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -131,13 +131,8 @@ class ImageClassification(Task):
         logits.astype(jnp.float32), batch["labels"]))
 
   def optimizer(self, config, total_steps):
-    warmup = min(config.warmup_steps, max(total_steps - 1, 0))
-    schedule = optax.warmup_cosine_decay_schedule(0.0, config.learning_rate, warmup,
-                                                  max(total_steps, warmup + 1))
-    matrices = lambda params: jax.tree.map(lambda p: p.ndim >= 2, params)
-    tx = optax.chain(optax.clip_by_global_norm(config.grad_clip),
-                     optax.adamw(schedule, weight_decay=config.weight_decay, mask=matrices))
-    return tx, schedule
+    return warmup_cosine_adamw(config, total_steps, b2=0.999)
+
 
   def eval_batches(self, config, data):
     x, y = data["eval"]["images"], data["eval"]["labels"]
