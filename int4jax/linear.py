@@ -35,7 +35,7 @@ from typing import Optional, Tuple
 import jax
 import jax.numpy as jnp
 
-from int4jax import backend, validation
+from int4jax import backend, fsdp, validation
 from int4jax.config import Int4Config
 from int4jax.kernels.int_gemm import max_exact_contraction
 from int4jax.quantizers import bitsplit, hadamard, sampling, two_level
@@ -139,7 +139,11 @@ def forward_quantize(xh, wh, config: Int4Config, scales: Scales, key=None):
     wq = quantize.quantize(wh, sw, qmin, qmax)
     return (xq, quantize.nonfinite_to_nan(sx, xh), wq, quantize.nonfinite_to_nan(sw, wh))
   xq, sx = quantize_operand(xh, 1, config, key_x)
-  wq, sw = quantize_operand(wh, 0, config, key_w)
+  quantize_w = lambda t: quantize_operand(t, 0, config, key_w)
+  if config.fsdp_axis is None:
+    wq, sw = quantize_w(wh)
+  else:  # quantized where FSDP keeps the weight, gathered packed
+    wq, sw = fsdp.gather_quantized_weight(wh, config, quantize_w)
   return xq, sx, wq, sw
 
 
@@ -283,6 +287,8 @@ def _backward(config, residuals, dy):
     dwh = _quantized_product(
         g_dw, 0, lambda a, s: (igemm(x_rows, a, ((0,), (0,))) if s is None else
                                sgemm(x_rows, a, ((0,), (0,)), None, s)), config, key_dw)
+  if config.fsdp_axis is not None:
+    dwh = fsdp.shard_weight_gradient(dwh, config)
   if lsq is None:
     return dxh, dwh, None, None
   xh, wh, (sx_lsq, sw_lsq) = lsq

@@ -52,19 +52,6 @@ class PackedWeight:
     return sum(int(a.size * a.dtype.itemsize) for a in jax.tree.leaves(self))
 
 
-def _unpack_unsigned(p: jax.Array) -> jax.Array:
-  """uint8 (..., n) -> int8 (..., 2n) nibbles read as 0..15."""
-  both = jnp.stack([p & 0x0F, p >> 4], axis=-1).astype(jnp.int8)
-  return both.reshape(p.shape[:-1] + (p.shape[-1] * 2,))
-
-
-def _pack_rows(t: jax.Array) -> jax.Array:
-  """int8 nibble values (R, n) packed two per byte along n, padded with a zero to even n."""
-  if t.shape[-1] % 2:
-    t = jnp.pad(t, ((0, 0), (0, 1)))
-  return packing.pack_int4(t)
-
-
 def _check(config: Int4Config):
   if config.scale_mode == "lsq" or config.hadamard_block == "search" or config.forward_bits != 4:
     raise ValueError("int4jax.export: packs dynamic-scale INT4 weights (scale_mode 'row' or "
@@ -91,25 +78,19 @@ def _export_weight(kernel: jax.Array, config: Int4Config) -> PackedWeight:
       hadamard.pad_to_block(kernel.astype(jnp.float32), multiple, 0), block, 0)
   wv, scale = linear.quantize_operand(wh, 0, config)
   multipliers = None
-  q = wv
   if config.scale_levels > 1:
-    m = two_level.group_multipliers(wh, 0, group=config.scale_group, levels=config.scale_levels,
-                                    per_row=config.scale_mode == "row",
-                                    clip_ratio=config.scale_clip)  # (Kp/g, N)
-    q = (wv.astype(jnp.int32) // jnp.repeat(m, config.scale_group, axis=0)).astype(jnp.int8)
-    multipliers = _pack_rows((m - 1).T.astype(jnp.int8))
-  return PackedWeight(values=_pack_rows(q.T), multipliers=multipliers, scale=scale,
+    multipliers = two_level.group_multipliers(
+        wh, 0, group=config.scale_group, levels=config.scale_levels,
+        per_row=config.scale_mode == "row", clip_ratio=config.scale_clip)  # (Kp/g, N)
+  values, multipliers = packing.pack_weight_operand(wv, multipliers)
+  return PackedWeight(values=values, multipliers=multipliers, scale=scale,
                       in_features=kernel.shape[0], config=config, dtype=str(kernel.dtype))
 
 
 def unpacked_operand(packed: PackedWeight) -> jax.Array:
   """The int8 forward operand m * q, (Kp, N), exactly as training's forward quantizer makes it."""
-  kp, group = packed.padded_features, packed.config.scale_group
-  q = packing.unpack_int4(packed.values)[:, :kp].T
-  if packed.multipliers is None:
-    return q
-  m = _unpack_unsigned(packed.multipliers)[:, :kp // group].T + 1
-  return (q * jnp.repeat(m, group, axis=0)).astype(jnp.int8)
+  return packing.unpack_weight_operand(packed.values, packed.multipliers,
+                                       packed.padded_features, packed.config.scale_group)
 
 
 def packed_linear(x: jax.Array, packed: PackedWeight, bias: Optional[jax.Array] = None
