@@ -9,8 +9,11 @@ Placement of a param with module path M and name N (kernel, bias, ...):
 - tensor parallel (mesh axis "model"): a task's `tensor_parallel` maps path regexes to "column"
   (kernel (in, out) split on out, bias split) or "row" (kernel split on in, bias replicated).
   Column then row, as in Megatron, so an MLP or attention block needs one reduction.
-- FSDP (fsdp=True, mesh axis "data"): every param's largest dimension that is not already split
-  and divides by the data axis is split over "data"; GSPMD gathers it where it is used.
+- FSDP (fsdp=True, mesh axis "data"): a kernel's output (last) dimension, or else every param's
+  largest dimension that is not already split and divides by the data axis, is split over
+  "data"; GSPMD gathers it where it is used. INT4 layers gather packed INT4 instead of floats
+  when `gathers_int4(config)` (int4jax/fsdp.py: shards are quantized where they live, which
+  needs the output-dim split).
 A dimension that does not divide by its axis stays whole, and `describe` lists it. The column/row
 rule assumes Dense kernels (in, out); DenseGeneral kernels (Flax's attention: (d, heads,
 head_dim) and (heads, head_dim, d)) are split on their first or last dim, which is correct but
@@ -80,9 +83,21 @@ def spec_for(path, shape, mesh: Mesh, tensor_parallel: Mapping[str, str], fsdp: 
   data = sizes.get("data", 1)
   if fsdp and data > 1:
     free = [i for i, s in enumerate(shape) if spec[i] is None and s % data == 0 and s >= data]
-    if free:
+    if name == "kernel" and len(shape) - 1 in free:
+      spec[-1] = "data"
+    elif free:
       spec[max(free, key=lambda i: shape[i])] = "data"
   return P(*spec)
+
+
+def gathers_int4(config) -> bool:
+  """Whether a run's INT4 layers all-gather packed INT4 weights (Int4Config.fsdp_axis="data"):
+  FSDP with config.fsdp_int4_wire on a mesh without a "model" axis over 1 device (with tensor
+  parallelism the kernels are split on "model" too, and the INT4 gather keeps to FSDP alone)."""
+  if not (config.mesh and config.fsdp and config.fsdp_int4_wire):
+    return False
+  sizes = parse_mesh(config.mesh)
+  return sizes.get("data", 1) > 1 and sizes.get("model", 1) == 1
 
 
 def tree_shardings(tree, mesh: Mesh, tensor_parallel: Mapping[str, str] = None,

@@ -19,6 +19,8 @@ config.mesh runs the same step on a device mesh (experiments.sharding): data, te
 parallelism under one jit, equal to the one-device run up to float reduction order.
 """
 
+import contextlib
+import dataclasses
 import functools
 import json
 import os
@@ -38,6 +40,9 @@ def build_model(task, config, data, variant: str):
   """The task's float model, with the variant's INT4 rules applied (fp32: unchanged)."""
   model = task.model(config, data)
   rules = variants.rules_for(variant, task.float_layers, task.layer_groups)
+  if rules is not None and sharding.gathers_int4(config):
+    rules = tuple(r if r.config is None else dataclasses.replace(
+        r, config=r.config.replace(fsdp_axis="data")) for r in rules)
   return model if rules is None else int4jax.quantize_model(model, rules)
 
 
@@ -129,76 +134,80 @@ def train_one(config, workdir: str, variant: str, seed: int, data, *,
   eval_every = config.eval_every or task.steps_per_epoch(config, data)
 
   tx, schedule = task.optimizer(config, steps)
-  state, others = initial_state(task, config, data, model, variant, seed, tx)
+  mesh = sharding.make_mesh(config.mesh) if config.mesh else None
+  # everything that traces the model does it under the mesh: the INT4 FSDP gather places shards
+  on_mesh = lambda: jax.set_mesh(mesh) if mesh is not None else contextlib.nullcontext()
+  with on_mesh():
+    state, others = initial_state(task, config, data, model, variant, seed, tx)
   state_sharding, batch_at = None, lambda step: task.train_batch(config, data, seed, step)
-  if config.mesh:
-    mesh = sharding.make_mesh(config.mesh)
+  if mesh is not None:
     state_sharding = sharding.tree_shardings(state, mesh, task.tensor_parallel, config.fsdp)
     state = jax.device_put(state, state_sharding)
     batch_at = lambda step: sharding.shard_batch(task.train_batch(config, data, seed, step), mesh)
-  train_step = make_train_step(task, config, model, tx, others, seed, state_sharding)
-  tune_step(variant, train_step, state, batch_at(0))
+  with on_mesh():
+    train_step = make_train_step(task, config, model, tx, others, seed, state_sharding)
+    tune_step(variant, train_step, state, batch_at(0))
 
-  evaluate = make_evaluate(task, model)
-  manager = _checkpointer(os.path.join(run_dir, "ckpt")) if config.checkpoint_every else None
-  start = 0
-  if manager is not None and manager.latest_step() is not None:
-    import orbax.checkpoint as ocp
-    start = manager.latest_step()
-    state = manager.restore(start, args=ocp.args.StandardRestore(state))
-  metrics_path = os.path.join(run_dir, "metrics.jsonl")
-  if start == 0 and os.path.exists(metrics_path):
-    os.remove(metrics_path)
+    evaluate = make_evaluate(task, model)
+    manager = _checkpointer(os.path.join(run_dir, "ckpt")) if config.checkpoint_every else None
+    start = 0
+    if manager is not None and manager.latest_step() is not None:
+      import orbax.checkpoint as ocp
+      start = manager.latest_step()
+      state = manager.restore(start, args=ocp.args.StandardRestore(state))
+    metrics_path = os.path.join(run_dir, "metrics.jsonl")
+    if start == 0 and os.path.exists(metrics_path):
+      os.remove(metrics_path)
 
-  from tqdm import tqdm
-  bar = tqdm(total=steps, initial=start, desc=f"{variant} seed {seed}", disable=not progress,
-             leave=False, dynamic_ncols=True)
-  window, window_start, window_ms = [], time.perf_counter(), []
-  last_eval = None
-  with open(metrics_path, "a") as log:
-    write = lambda record: (log.write(json.dumps(record) + "\n"), log.flush())
-    for step in range(start, steps):
-      state, loss = train_step(state, batch_at(step))
-      window.append(loss)
-      done = step + 1
-      if done % config.log_every == 0 or done == steps:
-        losses = [float(x) for x in jax.device_get(window)]  # waits for the window's steps
-        elapsed = time.perf_counter() - window_start
-        bad = _first_bad_loss(losses, done - len(losses) + 1)
-        if bad is not None:
-          raise FloatingPointError(f"{variant} seed {seed}: loss is {bad[1]} at step {bad[0]}; "
-                                   "aborting the run")
-        window_ms.append(1e3 * elapsed / len(losses))
-        write({"step": done, "loss": losses[-1], "loss_mean": float(np.mean(losses)),
-               "lr": float(schedule(step)),
-               "examples_per_s": round(len(losses) * config.batch_size / elapsed, 1)})
-        bar.update(len(losses))
-        bar.set_postfix(loss=f"{np.mean(losses):.3f}")
-        window = []
-      if done % eval_every == 0 or done == steps:
-        last_eval = evaluate({"params": state["params"], **others}, config, data)
-        write({"step": done, **{f"eval_{k}": v for k, v in last_eval.items()}})
-      if manager is not None and done % config.checkpoint_every == 0:
-        import orbax.checkpoint as ocp
-        manager.save(done, args=ocp.args.StandardSave(state))
-        manager.wait_until_finished()
-      if not window:
-        window_start = time.perf_counter()  # evaluation and checkpoints are not step time
-      if stop_after is not None and done >= stop_after:
-        bar.close()
-        return {"stopped_at": done, "state": state}
-  bar.close()
-  variables = {"params": state["params"], **others}
-  if last_eval is None:  # a resumed run that had nothing left to train
-    last_eval = evaluate(variables, config, data)
-  timed = window_ms[1:] or window_ms  # the first window includes compilation
-  summary = {"variant": variant, "seed": seed, **last_eval, "steps": steps,
-             "step_time_ms": round(statistics.median(timed), 2) if timed else None,
-             **task.finish(config, model, variables, data)}
-  with open(os.path.join(run_dir, "summary.json"), "w") as f:
-    json.dump(summary, f, indent=1)
-  summary["state"] = state
-  return summary
+    from tqdm import tqdm
+    bar = tqdm(total=steps, initial=start, desc=f"{variant} seed {seed}", disable=not progress,
+               leave=False, dynamic_ncols=True)
+    window, window_start, window_ms = [], time.perf_counter(), []
+    last_eval = None
+    with open(metrics_path, "a") as log:
+      write = lambda record: (log.write(json.dumps(record) + "\n"), log.flush())
+      for step in range(start, steps):
+        state, loss = train_step(state, batch_at(step))
+        window.append(loss)
+        done = step + 1
+        if done % config.log_every == 0 or done == steps:
+          losses = [float(x) for x in jax.device_get(window)]  # waits for the window's steps
+          elapsed = time.perf_counter() - window_start
+          bad = _first_bad_loss(losses, done - len(losses) + 1)
+          if bad is not None:
+            raise FloatingPointError(f"{variant} seed {seed}: loss is {bad[1]} at step {bad[0]}; "
+                                     "aborting the run")
+          window_ms.append(1e3 * elapsed / len(losses))
+          write({"step": done, "loss": losses[-1], "loss_mean": float(np.mean(losses)),
+                 "lr": float(schedule(step)),
+                 "examples_per_s": round(len(losses) * config.batch_size / elapsed, 1)})
+          bar.update(len(losses))
+          bar.set_postfix(loss=f"{np.mean(losses):.3f}")
+          window = []
+        if done % eval_every == 0 or done == steps:
+          last_eval = evaluate({"params": state["params"], **others}, config, data)
+          write({"step": done, **{f"eval_{k}": v for k, v in last_eval.items()}})
+        if manager is not None and done % config.checkpoint_every == 0:
+          import orbax.checkpoint as ocp
+          manager.save(done, args=ocp.args.StandardSave(state))
+          manager.wait_until_finished()
+        if not window:
+          window_start = time.perf_counter()  # evaluation and checkpoints are not step time
+        if stop_after is not None and done >= stop_after:
+          bar.close()
+          return {"stopped_at": done, "state": state}
+    bar.close()
+    variables = {"params": state["params"], **others}
+    if last_eval is None:  # a resumed run that had nothing left to train
+      last_eval = evaluate(variables, config, data)
+    timed = window_ms[1:] or window_ms  # the first window includes compilation
+    summary = {"variant": variant, "seed": seed, **last_eval, "steps": steps,
+               "step_time_ms": round(statistics.median(timed), 2) if timed else None,
+               **task.finish(config, model, variables, data)}
+    with open(os.path.join(run_dir, "summary.json"), "w") as f:
+      json.dump(summary, f, indent=1)
+    summary["state"] = state
+    return summary
 
 
 def train_and_evaluate(config, workdir: str, *, progress: bool = True

@@ -79,3 +79,37 @@ def test_bench_train_step_times_each_variant_like_the_loop(tmp_path):
   timer.write_results(rows, "ts", str(tmp_path), {"task": config.task, "batch_size": 4,
                                                   "repeats": 2}, train_step.markdown)
   assert (tmp_path / "ts.md").read_text().count("\n| ") == len(rows) + 1
+
+
+def test_collective_bytes_reads_sync_async_and_tuple_results():
+  from experiments.benchmarks import mesh_scaling
+  hlo = "\n".join([
+      "  %ag = u8[64,32]{1,0} all-gather(%p), channel_id=1, dimensions={0}",
+      "  %ar = (f32[16]{0}, s32[4,4]{1,0}) all-reduce(%a, %b), channel_id=2",
+      "  %ags = (bf16[8,4]{1,0}, bf16[64,4]{1,0}) all-gather-start(%q), dimensions={0}",
+      "  %agd = bf16[64,4]{1,0} all-gather-done(%ags)",
+      "  %x = f32[64,32]{1,0} add(%y, %z)"])
+  moved = mesh_scaling.collective_bytes(hlo)
+  assert moved["all-gather"] == 64 * 32 + 2 * 64 * 4  # the start's result, not its operand
+  assert moved["all-reduce"] == 4 * 16 + 4 * 16
+  assert moved["reduce-scatter"] == 0
+  # a (K=96, N=32, Kp=96) kernel: the u8 gather counts; a same-sized f32 gather would too
+  assert mesh_scaling.weight_gather_bytes(hlo, [(96, 32, 96)]) == 64 * 32
+
+
+@pytest.mark.slow  # compiles seven 8-device train steps
+@pytest.mark.skipif(len(__import__("jax").devices()) < 8, reason="needs 8 devices (XLA_FLAGS)")
+def test_mesh_scaling_counts_each_parallelism_and_fsdp_gathers_int4(tmp_path):
+  from experiments.benchmarks import mesh_scaling
+  from experiments.configs import get_config
+  from tests import experiment_fixtures as fx
+  config = get_config("shakespeare").replace(
+      data_dir=fx.build_shakespeare(str(tmp_path)), vocab_size=300, **mesh_scaling.TINY)
+  rows = {(r["parallelism"], r["model"]): r for r in mesh_scaling.run(config, repeats=0)}
+  assert set(rows) == {(p, m) for p, _, _, models in mesh_scaling.ROWS for m in models}
+  assert rows["dp", "fp32"]["all_gather_bytes"] == 0 and rows["dp", "fp32"]["all_reduce_bytes"]
+  # FSDP: the float model gathers every block kernel once in f32 (2x bf16); INT4 packed, < 1/3
+  assert rows["fsdp", "fp32"]["block_weight_gather_vs_bf16"] == 2.0
+  assert rows["fsdp", "int4"]["block_weight_gather_vs_bf16"] <= 1 / 3
+  assert (rows["fsdp", "int4"]["block_weight_gather_bytes"]
+          < rows["fsdp", "int4-float"]["block_weight_gather_bytes"])

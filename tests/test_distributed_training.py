@@ -66,7 +66,7 @@ def test_placement_splits_columns_rows_and_fsdp_dimensions():
 
 @pytest.mark.slow  # over 20 s each: the slow run (.ci/run)
 @pytest.mark.parametrize("mesh,fsdp", [("data=8", False), ("data=2,model=4", False),
-                                       ("data=4,model=2", True)])
+                                       ("data=4,model=2", True), ("data=8", True)])
 def test_a_mesh_step_equals_the_one_device_step(lm, tmp_path, mesh, fsdp):
   """Two optimizer steps with every block layer INT4: the same loss and params as one device.
   The sharded program sums floats in another order; that can move a value across an INT4
@@ -86,28 +86,45 @@ def test_a_mesh_step_equals_the_one_device_step(lm, tmp_path, mesh, fsdp):
   assert kernel.sharding.spec == expected  # the step kept the placement
 
 
+def _compiled_step(task, config, data, mesh):
+  """(optimized HLO text of the INT4 train step on `mesh`, its initial state)."""
+  model = train.build_model(task, config, data, "int4")
+  tx, _ = task.optimizer(config, 2)
+  with jax.set_mesh(mesh):
+    state, others = train.initial_state(task, config, data, model, "int4", 0, tx)
+  placement = sharding.tree_shardings(state, mesh, task.tensor_parallel, config.fsdp)
+  step = train.make_train_step(task, config, model, tx, others, 0, placement)
+  batch = sharding.shard_batch(task.train_batch(config, data, 0, 0), mesh)
+  with jax.set_mesh(mesh):
+    return step.lower(jax.device_put(state, placement), batch).compile().as_text(), state
+
+
+def _gathers(hlo):
+  """{(dtype, result shape)} of the all-gathers in HLO text."""
+  return {(m.group(1), tuple(int(d) for d in m.group(2).split(",") if d))
+          for m in re.finditer(r"= (\w+)\[([\d,]*)\][^=\n]*? all-gather\(", hlo)}
+
+
 @pytest.mark.slow  # over 20 s each: the slow run (.ci/run)
 @pytest.mark.parametrize("mesh,fsdp", [("data=2,model=4", False), ("data=8", True)])
 def test_the_tensor_parallel_step_gathers_no_weight_matrix(lm, mesh, fsdp):
   """The compiled step's all-gathers: none has a block weight's full shape under tensor
-  parallelism; under FSDP the weights are gathered where used (in float32 today: gathering the
-  INT4 operands instead is an open item). The FSDP case also shows the check can see a gather."""
+  parallelism; under FSDP the INT4 layers gather their packed INT4 weights (uint8, Kp/2 bytes per
+  output column) and no whole block weight, while with fsdp_int4_wire=False GSPMD gathers whole
+  block weights, f32 or the int8 operand as its propagation decides (which also shows that the
+  check can see a gather)."""
   config, task, data = lm
   config = config.replace(mesh=mesh, fsdp=fsdp)
-  model = train.build_model(task, config, data, "int4")
-  tx, _ = task.optimizer(config, 2)
-  state, others = train.initial_state(task, config, data, model, "int4", 0, tx)
   mesh = sharding.make_mesh(config.mesh)
-  placement = sharding.tree_shardings(state, mesh, task.tensor_parallel, fsdp)
-  step = train.make_train_step(task, config, model, tx, others, 0, placement)
-  batch = sharding.shard_batch(task.train_batch(config, data, 0, 0), mesh)
-  hlo = step.lower(jax.device_put(state, placement), batch).compile().as_text()
-  gathered = {tuple(int(d) for d in m.group(1).split(",") if d)
-              for m in re.finditer(r"= \w+\[([\d,]*)\][^=]*? all-gather\(", hlo)}
+  hlo, state = _compiled_step(task, config, data, mesh)
   blocks = {tuple(np.shape(k)) for p, k in jax.tree_util.tree_leaves_with_path(state["params"])
             if "block_0" in jax.tree_util.keystr(p) and np.ndim(k) == 2}
   assert len(blocks) == 3  # (64, 64), (64, 256), (256, 64)
-  if fsdp:  # the attention kernels whole; GSPMD may gather the MLP's in part only
-    assert (64, 64) in gathered, (gathered, blocks)
+  gathered = _gathers(hlo)
+  if fsdp:
+    assert not {s for d, s in gathered if d == "f32"} & blocks, gathered
+    assert {("u8", (64, 32)), ("u8", (256, 32)), ("u8", (64, 128))} <= gathered, gathered
+    floats = _gathers(_compiled_step(task, config.replace(fsdp_int4_wire=False), data, mesh)[0])
+    assert {s for _, s in floats} & blocks, floats
   else:
-    assert not gathered & blocks, (gathered, blocks)
+    assert not {s for _, s in gathered} & blocks, (gathered, blocks)

@@ -27,6 +27,9 @@ class TrainConfig:
   # task's tensor-parallel layers over "model"; None: one device
   mesh: Optional[str] = None
   fsdp: bool = False  # with a mesh: also split every param over "data" (gathered where used)
+  # with fsdp, INT4 variants and no "model" axis: INT4 layers all-gather packed INT4 weights
+  # (Int4Config.fsdp_axis="data", int4jax/fsdp.py); False: GSPMD gathers the float weights
+  fsdp_int4_wire: bool = True
 
   def __post_init__(self):
     unknown = set(self.variants) - set(VARIANTS)
