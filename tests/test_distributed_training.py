@@ -8,7 +8,9 @@ import jax
 import numpy as np
 import optax
 import pytest
+from jax.sharding import NamedSharding, PartitionSpec as P
 
+import int4jax
 from experiments import sharding, tasks, train
 from experiments.configs import get_config
 from tests import experiment_fixtures as fx
@@ -84,6 +86,20 @@ def test_a_mesh_step_equals_the_one_device_step(lm, tmp_path, mesh, fsdp):
       [jax.tree_util.DictKey(k) for k in ("block_0", "attn", "query", "kernel")], kernel.shape,
       sharding.make_mesh(mesh), tasks.LanguageModelling.tensor_parallel, fsdp)
   assert kernel.sharding.spec == expected  # the step kept the placement
+
+
+def test_a_data_parallel_gradient_gathers_nothing_and_all_reduces_int32():
+  """x split by tokens, w replicated: dW's integer GEMM sums its token shards with an int32
+  all-reduce; no operand is gathered (the CPU path's transposed copy of Xq keeps its dims, so it
+  stays split)."""
+  mesh = jax.make_mesh((8,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
+  x = jax.device_put(np.ones((16, 8, 64), np.float32), NamedSharding(mesh, P("data")))
+  w = jax.device_put(np.ones((64, 32), np.float32), NamedSharding(mesh, P()))
+  grad = jax.jit(jax.grad(lambda w, x: (int4jax.int4_linear(x, w, key=jax.random.key(0)) ** 2)
+                          .sum()))
+  hlo = grad.lower(w, x).compile().as_text()
+  assert "all-gather" not in hlo
+  assert re.search(r"= s32\[64,32\]\S* all-reduce\(", hlo), "dW's int32 sum"
 
 
 def _compiled_step(task, config, data, mesh):

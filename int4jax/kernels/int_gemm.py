@@ -34,8 +34,10 @@ def gemm_shape(a, b, contracting):
 
 
 def _row_major_transpose(a: jax.Array) -> jax.Array:
-  """a.T as a physical copy: the barrier stops XLA from folding it back into the dot's layout."""
-  return lax.optimization_barrier(a.T.reshape(-1)).reshape(a.shape[::-1])
+  """a.T as a physical copy: the barrier (on a.T with a unit dim added, which XLA lays out row
+  major) stops XLA from folding it back into the dot's layout. Both dims stay dims, so a sharded
+  operand stays sharded (flattening it made GSPMD gather it whole)."""
+  return lax.optimization_barrier(a.T[:, :, None])[:, :, 0]
 
 
 def int_gemm_xla(a: jax.Array, b: jax.Array, contracting) -> jax.Array:
