@@ -15,9 +15,9 @@ from int4jax.reference import int4_linear_reference  # noqa: E402
 from int4jax.rules import QuantRule  # noqa: E402
 from int4jax.tuning import tune  # noqa: E402
 from int4jax import nn, nnx  # noqa: E402
-from int4jax.model_quantization import quantization_plan, quantize_model  # noqa: E402
+from int4jax.model_quantization import plan, quantization_plan, quantize_model  # noqa: E402
 
 __all__ = ["Int4Config", "PackedWeight", "QuantRule", "describe_backend", "export",
            "export_weight", "packed_linear", "int4_linear", "int4_linear_reference",
-           "nn", "nnx", "quantization_plan", "quantize_model", "quantizers", "resolve_backend",
+           "nn", "nnx", "plan", "quantization_plan", "quantize_model", "quantizers", "resolve_backend",
            "tune", "__version__"]

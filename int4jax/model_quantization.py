@@ -1,6 +1,6 @@
 """One call to make an existing Flax model INT4, linen or NNX, by regex rules on module paths."""
 
-from typing import Dict, Optional, Sequence
+from typing import Optional, Sequence
 
 import flax.linen as nn
 from flax import nnx
@@ -8,7 +8,8 @@ from flax import nnx
 from int4jax.config import Int4Config
 from int4jax.nn.quantize import QuantizedModel, quantize_linen
 from int4jax.nnx.quantize import INT4_TYPES as NNX_INT4_TYPES, SWAPS as NNX_SWAPS, quantize_nnx
-from int4jax.rules import QuantRule
+from int4jax.nnx.quantize import einsum_problem
+from int4jax.rules import QuantizationPlan, QuantRule
 
 
 def quantize_model(model, rules: Optional[Sequence[QuantRule]] = None, *,
@@ -48,9 +49,12 @@ def quantize_model(model, rules: Optional[Sequence[QuantRule]] = None, *,
                   f"{type(model).__name__}")
 
 
-def quantization_plan(model, *example_args, **example_kwargs) -> Dict[str, Optional[Int4Config]]:
-  """{layer path: Int4Config, or None when float}: a QuantizedModel's plan on example inputs, or
-  an NNX model's Linear / LinearGeneral / Einsum layers as they are now."""
+def quantization_plan(model, *example_args, **example_kwargs) -> QuantizationPlan:
+  """Which contractions of `model` are INT4: {layer path: Int4Config, or None when float}, with
+  `.skipped` {path: why a contraction there stays float} and `.describe()` listing them all
+  (int4jax.rules.QuantizationPlan). Linen: a QuantizedModel traced on example inputs (shapes
+  are enough). NNX: the model's Linear / LinearGeneral / Einsum layers as they are now; a float
+  Einsum whose equation is not an INT4 GEMM is listed as skipped. Also `int4jax.plan`."""
   if isinstance(model, QuantizedModel):
     if not example_args and not example_kwargs:
       raise TypeError("quantization_plan(model, *example_inputs): a linen model's layers are "
@@ -59,8 +63,17 @@ def quantization_plan(model, *example_args, **example_kwargs) -> Dict[str, Optio
     return model.plan(*example_args, **example_kwargs)
   if isinstance(model, nnx.Module):
     layer_types = tuple(t for t, _ in NNX_SWAPS)
-    return {"/".join(str(p) for p in path): (node.config if isinstance(node, NNX_INT4_TYPES)
-                                             else None)
-            for path, node in nnx.iter_graph(model) if isinstance(node, layer_types)}
+    plan = QuantizationPlan()
+    for path, node in nnx.iter_graph(model):
+      if isinstance(node, layer_types):
+        name = "/".join(str(p) for p in path)
+        plan[name] = node.config if isinstance(node, NNX_INT4_TYPES) else None
+        problem = None if plan[name] is not None else einsum_problem(node)
+        if problem is not None:
+          plan.skipped[name] = problem
+    return plan
   raise TypeError(f"quantization_plan: expected a QuantizedModel or an nnx.Module, got "
                   f"{type(model).__name__}")
+
+
+plan = quantization_plan

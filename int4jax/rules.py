@@ -4,7 +4,7 @@ import dataclasses
 import difflib
 import re
 import warnings
-from typing import Iterable, Optional, Sequence, Tuple
+from typing import Dict, Iterable, Optional, Sequence, Tuple
 
 from int4jax.config import Int4Config
 
@@ -75,3 +75,26 @@ def check_all_match(rules: Sequence[QuantRule], paths: Iterable[str], strict: bo
   if strict:
     raise ValueError(message)
   warnings.warn(message, UserWarning, stacklevel=4)
+
+
+class QuantizationPlan(dict):
+  """{layer path: its Int4Config, or None when it stays float}, plus `skipped`: {module path: why
+  a contraction there is not an INT4 GEMM}: an Einsum layer whose equation is not a (tokens x in)
+  @ (in x out) product (also in the dict, as float), or, with intercept_raw, a contraction a
+  module runs itself without a weight operand, such as attention's QK^T. `describe()` lists all."""
+
+  def __init__(self, *args, **kwargs):
+    super().__init__(*args, **kwargs)
+    self.skipped: Dict[str, str] = {}
+
+  def describe(self) -> str:
+    """One line per layer (INT4 with its main settings, or float), then one per module with a
+    skipped contraction and the reason."""
+    lines = []
+    for path, config in sorted(self.items()):
+      lines.append(f"{path}: float" if config is None else
+                   f"{path}: INT4 (hadamard_block={config.hadamard_block}, scale_mode="
+                   f"{config.scale_mode}, scale_levels={config.scale_levels}, grad_mode="
+                   f"{config.grad_mode})")
+    lines += [f"{path}: skipped, stays float: {why}" for path, why in sorted(self.skipped.items())]
+    return "\n".join(lines)

@@ -135,6 +135,7 @@ def test_nnx_einsum_equals_the_op_and_an_unmappable_one_stays_float(caplog):
     int4jax.quantize_model(model, rngs=nnx.Rngs(quant=0))
   assert isinstance(model.proj, innx.Einsum) and not isinstance(model.diag, innx.Einsum)
   assert int4jax.quantization_plan(model)["diag"] is None
+  assert set(int4jax.plan(model).skipped) == {"diag"}  # listed with its reason
   assert any("diag stays float" in r.getMessage() for r in caplog.records)
   assert model(x).shape == (2, 3)
 
@@ -177,6 +178,7 @@ def test_a_linen_einsum_that_is_not_a_gemm_stays_float(caplog):
   with caplog.at_level(logging.WARNING, logger="int4jax"):
     plan = model.plan(x)
   assert plan == {"proj": Int4Config(), "scale": None}
+  assert set(plan.skipped) == {"scale"} and "contracts no dim" in plan.skipped["scale"]
   assert any("scale stays float" in r.getMessage() and "contracts no dim" in r.getMessage()
              for r in caplog.records)
   variables = model.init(jax.random.key(0), x)

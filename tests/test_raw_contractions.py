@@ -108,6 +108,31 @@ def test_contractions_without_a_weight_are_logged_once_and_stay_float(caplog, mo
   np.testing.assert_array_equal(out, Block().apply({"params": params}, X))
 
 
+@pytest.mark.filterwarnings("ignore:.*match no layer")
+def test_the_plan_lists_skipped_contractions_with_the_reason():
+  plan = int4jax.plan(_model([QuantRule(path="", config=Int4Config()), QuantRule(config=None)]), X)
+  assert plan == {"q_proj": None, "c_proj": None}
+  assert set(plan.skipped) == {""} and "not a param" in plan.skipped[""]
+  assert "<root>" not in plan.describe() and ": skipped, stays float: its second" in \
+      plan.describe()
+
+
+def test_flax_attention_lists_its_projections_int4_and_its_score_contractions_skipped():
+  class Net(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+      return nn.MultiHeadDotProductAttention(num_heads=2, qkv_features=32, name="attn")(x)
+
+  plan = int4jax.plan(int4jax.quantize_model(Net(), intercept_raw=True), X)
+  assert {p for p, c in plan.items() if c is not None} == {
+      f"attn/{n}" for n in ("query", "key", "value", "out")}
+  assert set(plan.skipped) == {"attn"}  # QK^T and PV: no weight operand
+  lines = plan.describe().splitlines()
+  assert "attn/query: INT4 (hadamard_block=32, scale_mode=row, scale_levels=16, " \
+      "grad_mode=bitsplit)" in lines
+  assert any(line.startswith("attn: skipped, stays float: ") for line in lines)
+
+
 def test_a_config_with_quantizer_state_names_the_fix():
   model = _model(config=Int4Config(hadamard_block="search"))
   with pytest.raises(ValueError, match="cannot hold quantizer state"):

@@ -21,7 +21,8 @@ from int4jax.nn.dense import Dense, DenseGeneral, int4_dense_call
 from int4jax.nn.einsum import Einsum, einsum_spec, int4_einsum_call
 from int4jax.nn import raw_contractions
 from int4jax.nn.int4_dot import STATE_COLLECTION
-from int4jax.rules import QuantRule, check_all_match, config_for, make_rules
+from int4jax.rules import (QuantizationPlan, QuantRule, check_all_match, config_for,
+                           make_rules)
 
 
 logger = logging.getLogger("int4jax")
@@ -64,6 +65,8 @@ def _interceptor(rules: Sequence[QuantRule], record: Optional[Dict[str, Any]], r
       if path not in _skipped:
         _skipped.add(path)
         logger.warning("int4jax: %s stays float: %s", path, why_not)
+      if isinstance(record, QuantizationPlan):
+        record.skipped.setdefault(path, why_not)
       config = None
     if record is not None:
       record[path] = config
@@ -132,10 +135,12 @@ class QuantizedModel(nn.Module):
     check_all_match(self.rules, layers, self.strict)
     return out
 
-  def plan(self, *args, **kwargs) -> Dict[str, Optional[Int4Config]]:
+  def plan(self, *args, **kwargs) -> QuantizationPlan:
     """{module path: its Int4Config, or None when it stays float} for each Dense, DenseGeneral
-    and Einsum called on these example inputs (shape-only: nothing is computed)."""
-    record: Dict[str, Any] = {}
+    and Einsum called on these example inputs (shape-only: nothing is computed), and with
+    intercept_raw each module's own weight contractions; `.skipped` says which contractions stay
+    float and why (int4jax.rules.QuantizationPlan)."""
+    record = QuantizationPlan()
 
     def init(*a, **k):
       with nn.intercept_methods(_interceptor(self.rules, record, False)), \

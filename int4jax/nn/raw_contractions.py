@@ -34,7 +34,7 @@ import jax.numpy as jnp
 from int4jax import contraction
 from int4jax.config import Int4Config
 from int4jax.nn.int4_dot import int4_dot_general, int4_einsum
-from int4jax.rules import QuantRule, config_for
+from int4jax.rules import QuantizationPlan, QuantRule, config_for
 
 logger = logging.getLogger("int4jax")
 _skipped = set()
@@ -57,7 +57,9 @@ def _is_param(module: nn.Module, x) -> bool:
   return any(x is p for p in jax.tree.leaves(module.variables.get("params", {})))
 
 
-def _skip(path: str, why: str) -> None:
+def _skip(path: str, why: str, record) -> None:
+  if isinstance(record, QuantizationPlan):
+    record.skipped.setdefault(path, why)
   if (path, why) not in _skipped:
     _skipped.add((path, why))
     logger.warning("int4jax: a contraction in %s stays float: %s", path or "<root>", why)
@@ -88,11 +90,11 @@ def _rewrite(rules, record, run_int4, skip_types, lhs, rhs, int4_call, float_cal
     return float_call()
   if not _is_param(owner, rhs) or _is_param(owner, lhs):
     _skip(path, "its second operand is not a param of the module (activations only, or the "
-                "weight on the left)")
+                "weight on the left)", record)
     return float_call()
   why = check()
   if why is not None:
-    _skip(path, why)
+    _skip(path, why, record)
     return float_call()
   if config.hadamard_block == "search" or config.scale_mode == "lsq":
     raise ValueError(f"int4jax: the raw contraction in {path or '<root>'} cannot hold quantizer "

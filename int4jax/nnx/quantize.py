@@ -4,7 +4,7 @@ versions, which share the same Params."""
 
 import logging
 
-from typing import Dict, Optional, Sequence
+from typing import Optional, Sequence
 
 from flax import nnx
 
@@ -12,7 +12,8 @@ from int4jax import contraction
 from int4jax.config import Int4Config
 from int4jax.nnx.general import Einsum, LinearGeneral
 from int4jax.nnx.linear import Linear
-from int4jax.rules import QuantRule, check_all_match, config_for, make_rules
+from int4jax.rules import (QuantizationPlan, QuantRule, check_all_match, config_for,
+                           make_rules)
 
 
 logger = logging.getLogger("int4jax")
@@ -32,7 +33,7 @@ def _swap_for(node):
   return None
 
 
-def _einsum_problem(layer) -> Optional[str]:
+def einsum_problem(layer) -> Optional[str]:
   """Why an nnx.Einsum's equation is not an INT4 GEMM, or None."""
   if not isinstance(layer, nnx.Einsum):
     return None
@@ -65,7 +66,7 @@ def _get_child(parent, name):
 def quantize_nnx(model: nnx.Module, rules: Optional[Sequence[QuantRule]] = None, *,
                  config: Int4Config = Int4Config(), exclude: Sequence[str] = (),
                  rngs: Optional[nnx.Rngs] = None,
-                 strict: bool = False) -> Dict[str, Optional[Int4Config]]:
+                 strict: bool = False) -> QuantizationPlan:
   """Replaces, IN PLACE, every nnx.Linear / LinearGeneral / Einsum whose path matches a rule with
   a config by its int4jax.nnx version sharing its Params. Returns the plan {path: config or None
   (float)}. An Einsum whose equation is not an INT4 GEMM stays float (logged). A rule or exclude
@@ -77,7 +78,7 @@ def quantize_nnx(model: nnx.Module, rules: Optional[Sequence[QuantRule]] = None,
   if not isinstance(model, nnx.Module):
     raise TypeError(f"quantize_model: expected an nnx.Module, got {type(model).__name__}")
   rules = make_rules(rules, config, exclude)
-  plan = {}
+  plan = QuantizationPlan()
   layers = [(tuple(p), node) for p, node in nnx.iter_graph(model)
             if isinstance(node, tuple(t for t, _ in SWAPS))]  # float and already-INT4 ones
   found = [(p, node, _swap_for(node)) for p, node in layers if _swap_for(node) is not None]
@@ -87,9 +88,10 @@ def quantize_nnx(model: nnx.Module, rules: Optional[Sequence[QuantRule]] = None,
   check_all_match(rules, [_path(p) for p, _ in layers], strict)
   for path, layer, make in found:
     cfg = config_for(rules, _path(path))
-    problem = _einsum_problem(layer) if cfg is not None else None
+    problem = einsum_problem(layer) if cfg is not None else None
     if problem is not None:
       logger.warning("int4jax: %s stays float: %s", _path(path), problem)
+      plan.skipped[_path(path)] = problem
       cfg = None
     plan[_path(path)] = cfg
     if cfg is None:
