@@ -102,6 +102,30 @@ def test_a_data_parallel_gradient_gathers_nothing_and_all_reduces_int32():
   assert re.search(r"= s32\[64,32\]\S* all-reduce\(", hlo), "dW's int32 sum"
 
 
+@pytest.mark.parametrize("config,bitwise", [
+    (int4jax.Int4Config(), True), (int4jax.Int4Config(forward_rounding="stochastic"), True),
+    (int4jax.Int4Config(scale_mode="tensor"), True), (int4jax.Int4Config(lss="systematic"), False),
+], ids=["default", "stochastic-forward", "per-tensor", "systematic-lss"])
+def test_data_parallel_under_jit_draws_the_same_bits_as_one_device(config, bitwise):
+  """GSPMD partitions the dither by global position (threefry is partitionable) and all-reduces
+  the column abs-max and dW's int32 sums, which are exact: the sharded loss, dX and dW equal one
+  device's bit for bit. With leverage-score sampling dW is reweighted in float before the integer
+  GEMM, summed in another order: equal to float rounding."""
+  mesh = jax.make_mesh((8,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
+  x = jax.random.normal(jax.random.key(0), (16, 8, 64))
+  w = jax.random.normal(jax.random.key(1), (64, 48)) * 0.1
+  step = jax.jit(jax.value_and_grad(lambda w, x: (int4jax.int4_linear(
+      x, w, key=jax.random.key(2), config=config) ** 2).sum(), argnums=(0, 1)))
+  one = jax.tree.leaves(step(w, x))
+  many = jax.tree.leaves(step(jax.device_put(w, NamedSharding(mesh, P())),
+                              jax.device_put(x, NamedSharding(mesh, P("data")))))
+  for a, b in zip(many, one):
+    if bitwise:
+      np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    else:
+      np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-4)
+
+
 def _compiled_step(task, config, data, mesh):
   """(optimized HLO text of the INT4 train step on `mesh`, its initial state)."""
   model = train.build_model(task, config, data, "int4")
