@@ -17,7 +17,8 @@ equal `int4_linear`'s forward bit for bit.
 import dataclasses
 import functools
 import logging
-from typing import Any, Dict, Mapping, Optional
+import math
+from typing import Any, Dict, Mapping, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -40,6 +41,11 @@ class PackedWeight:
   in_features: int = dataclasses.field(metadata=dict(static=True))  # K before padding
   config: Int4Config = dataclasses.field(metadata=dict(static=True))  # how it was quantized
   dtype: str = dataclasses.field(metadata=dict(static=True))  # the float kernel's dtype
+  # the float kernel's shape, its leading dims contracted: (K, N) for Dense; e.g. (d, heads,
+  # head_dim) for an attention projection's DenseGeneral kernel, packed as (d, heads * head_dim)
+  kernel_shape: Tuple[int, ...] = dataclasses.field(default=(), metadata=dict(static=True))
+  # how many leading dims of kernel_shape are contracted (K is their product)
+  contracted_dims: int = dataclasses.field(default=1, metadata=dict(static=True))
 
   @property
   def padded_features(self) -> int:
@@ -62,13 +68,21 @@ def _check(config: Int4Config):
                      f"scale_levels={config.scale_levels}")
 
 
-def export_weight(kernel: jax.Array, config: Int4Config = Int4Config()) -> PackedWeight:
-  """`kernel` (K, N) packed as `int4_linear`'s forward quantizes it. Compiled, like the training
-  forward: the Hadamard's float sums then come out the same, so the same integers do."""
+def export_weight(kernel: jax.Array, config: Int4Config = Int4Config(),
+                  contracted_dims: int = 1) -> PackedWeight:
+  """`kernel` packed as `int4_linear`'s forward quantizes it: (K, N), or a DenseGeneral-style
+  kernel whose first `contracted_dims` dims are the contraction, flattened to (K, N) as the INT4
+  layers flatten it. Compiled, like the training forward: the Hadamard's float sums then come
+  out the same, so the same integers do."""
   _check(config)
-  if kernel.ndim != 2:
-    raise ValueError(f"int4jax.export: takes a 2-D (in, out) kernel, got shape {kernel.shape}")
-  return _export_weight(kernel, config)
+  if not 1 <= contracted_dims < kernel.ndim:
+    raise ValueError(f"int4jax.export: a kernel of shape {kernel.shape} with contracted_dims="
+                     f"{contracted_dims}: takes a 2-D (in, out) kernel, or a DenseGeneral kernel "
+                     "with its contracted dims first and at least one output dim")
+  k = math.prod(kernel.shape[:contracted_dims])
+  packed = _export_weight(kernel.reshape(k, -1), config)
+  return dataclasses.replace(packed, kernel_shape=tuple(kernel.shape),
+                             contracted_dims=contracted_dims)
 
 
 @functools.partial(jax.jit, static_argnames=("config",))
@@ -84,7 +98,8 @@ def _export_weight(kernel: jax.Array, config: Int4Config) -> PackedWeight:
         per_row=config.scale_mode == "row", clip_ratio=config.scale_clip)  # (Kp/g, N)
   values, multipliers = packing.pack_weight_operand(wv, multipliers)
   return PackedWeight(values=values, multipliers=multipliers, scale=scale,
-                      in_features=kernel.shape[0], config=config, dtype=str(kernel.dtype))
+                      in_features=kernel.shape[0], config=config, dtype=str(kernel.dtype),
+                      kernel_shape=tuple(kernel.shape))
 
 
 def unpacked_operand(packed: PackedWeight) -> jax.Array:
@@ -112,12 +127,29 @@ def packed_linear(x: jax.Array, packed: PackedWeight, bias: Optional[jax.Array] 
   return y.astype(jnp.result_type(x.dtype, packed.dtype))
 
 
+def packed_contraction(x: jax.Array, packed: PackedWeight) -> jax.Array:
+  """A DenseGeneral-style layer's product from its packed kernel (no bias): x's last
+  `contracted_dims` dims (the kernel's leading dims) contracted, the output dims the kernel's
+  trailing ones. For a (K, N) kernel it is `packed_linear`."""
+  lead = packed.kernel_shape[:packed.contracted_dims]
+  if x.shape[x.ndim - len(lead):] != lead:
+    raise ValueError(f"int4jax: the packed kernel contracts dims {lead}, but the input's trailing "
+                     f"dims are {x.shape[x.ndim - len(lead):]}")
+  free = x.shape[:x.ndim - len(lead)]
+  y = packed_linear(x.reshape(free + (packed.in_features,)), packed)
+  return y.reshape(free + packed.kernel_shape[packed.contracted_dims:])
+
+
 def export(params: Mapping[str, Any], plan: Mapping[str, Optional[Int4Config]]
            ) -> Dict[str, Any]:
   """A copy of a params tree (nested dicts, '/'-joined layer paths as in `plan`) in which the
-  2-D `kernel` of every layer the plan makes INT4 is a PackedWeight. Float layers keep theirs, and
-  INT4 layers whose kernel is not 2-D (DenseGeneral, Einsum over several dims) keep their float
-  kernel and still run INT4 from it (logged). Plain Dense layers serve packed kernels."""
+  kernel of every INT4 Dense and DenseGeneral layer that can serve packed weights is a
+  PackedWeight: those in a QuantizationPlan's `contracted_dims` (int4jax.plan / a linen
+  QuantizedModel's .plan(x)), attention's (d, heads, head_dim) projections included. Float
+  layers keep their kernels, and so do INT4 layers that cannot be served packed (Einsum layers,
+  DenseGeneral with batch dims, a module's own contractions): they still run INT4 from the float
+  kernel (logged). With a plain dict for a plan, every INT4 layer's 2-D kernel is packed."""
+  dims_of = getattr(plan, "contracted_dims", None)
   out = dict(params)  # copied along each rewritten path below; the arrays are shared
   for path, config in plan.items():
     if config is None:
@@ -128,14 +160,14 @@ def export(params: Mapping[str, Any], plan: Mapping[str, Optional[Int4Config]]
       node[name] = dict(node[name])
       node = node[name]
     layer = dict(node[names[-1]])
-    if "kernel" not in layer:  # a module's own contraction (raw_contractions): float weights
-      logger.info("int4jax.export: %s keeps its float weights (no 'kernel' param: a contraction "
-                  "the module runs itself)", path)
+    kernel = layer.get("kernel")
+    dims = (1 if kernel is not None and kernel.ndim == 2 else None) if dims_of is None \
+        else dims_of.get(path)
+    if kernel is None or dims is None:
+      logger.info("int4jax.export: %s keeps its float weights (%s)", path,
+                  "no 'kernel' param: a contraction the module runs itself" if kernel is None
+                  else "not a layer that serves packed kernels: an Einsum, or batch dims")
       continue
-    if layer["kernel"].ndim != 2:
-      logger.info("int4jax.export: %s keeps its float kernel (shape %s: not a 2-D Dense kernel)",
-                  path, layer["kernel"].shape)
-      continue
-    layer["kernel"] = export_weight(layer["kernel"], config)
+    layer["kernel"] = export_weight(kernel, config, dims)
     node[names[-1]] = layer
   return out

@@ -80,8 +80,8 @@ def test_export_refuses_what_it_cannot_pack():
   _, w = make_xw(4, 64, 8)
   with pytest.raises(ValueError, match="dynamic-scale"):
     serving.export_weight(w, Int4Config.paper())
-  with pytest.raises(ValueError, match="2-D"):
-    serving.export_weight(jnp.ones((4, 16, 8)))
+  with pytest.raises(ValueError, match="contracted dims first"):
+    serving.export_weight(jnp.ones((4, 16, 8)), contracted_dims=3)  # no output dim left
   with pytest.raises(ValueError, match="features"):
     serving.packed_linear(jnp.ones((2, 32)), serving.export_weight(w))
 
@@ -109,3 +109,67 @@ def test_a_quantized_nnx_model_serves_from_its_export():
   np.testing.assert_array_equal(forward(served, x), forward(model, x))
   assert served.up.kernel.get_value().nbytes + served.down.kernel.get_value().nbytes <= 0.3 * 2 * (
       128 * 256 + 256 * 64)
+
+
+def _attention_inputs():
+  return jax.random.normal(jax.random.key(0), (2, 8, 64))
+
+
+def test_linen_attention_projections_and_dense_layers_all_serve_packed():
+  """nn.MultiHeadDotProductAttention's DenseGeneral projections ((64, 4, 16) and (4, 16, 64)
+  kernels) are packed like Dense ones; an Einsum layer keeps its float kernel and still runs
+  INT4. Compiled, the served model equals the training forward bit for bit."""
+  class Model(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+      h = nn.MultiHeadDotProductAttention(num_heads=4, name="attn")(x)
+      h = nn.Einsum((64, 64), "btd,df->btf", name="mix")(h)
+      return nn.Dense(64, name="mlp")(h)
+
+  x = _attention_inputs()
+  model = int4jax.quantize_model(Model())
+  params = model.init(jax.random.key(1), x)["params"]
+  plan = int4jax.plan(model, x)
+  assert plan.contracted_dims == {"attn/query": 1, "attn/key": 1, "attn/value": 1,
+                                  "attn/out": 2, "mlp": 1}  # the Einsum is not servable packed
+  served = int4jax.export(params, plan)
+  packed = {p: served["attn"][p]["kernel"] for p in ("query", "key", "value", "out")}
+  assert all(isinstance(k, int4jax.PackedWeight) for k in packed.values())
+  assert packed["out"].kernel_shape == (4, 16, 64) and packed["out"].contracted_dims == 2
+  assert not isinstance(served["mix"]["kernel"], int4jax.PackedWeight)
+  apply = jax.jit(model.apply)
+  np.testing.assert_array_equal(apply({"params": served}, x), apply({"params": params}, x))
+  assert sum(k.nbytes for k in packed.values()) <= 0.3 * 2 * 4 * 64 * 64
+
+
+def test_nnx_attention_projections_serve_packed():
+  from flax import nnx
+
+  class Model(nnx.Module):
+    def __init__(self, rngs):
+      self.attn = nnx.MultiHeadAttention(num_heads=4, in_features=64, decode=False, rngs=rngs)
+      self.mlp = nnx.Linear(64, 64, rngs=rngs)
+
+    def __call__(self, x):
+      return self.mlp(self.attn(x))
+
+  model = int4jax.quantize_model(Model(nnx.Rngs(0)), rngs=nnx.Rngs(quant=1))
+  served = int4jax.nnx.export(model)
+  names = ("query", "key", "value", "out")
+  packed = [getattr(served.attn, n).kernel.get_value() for n in names]
+  assert all(isinstance(k, int4jax.PackedWeight) for k in packed)
+  assert not isinstance(model.attn.query.kernel.get_value(), int4jax.PackedWeight)
+  forward = nnx.jit(lambda m, x: m(x))
+  x = _attention_inputs()
+  np.testing.assert_array_equal(forward(served, x), forward(model, x))
+  assert sum(k.nbytes for k in packed) <= 0.3 * 2 * 4 * 64 * 64
+
+
+def test_a_packed_kernel_checks_the_dims_it_contracts():
+  packed = serving.export_weight(jax.random.normal(jax.random.key(0), (4, 16, 64)),
+                                 contracted_dims=2)
+  assert packed.in_features == 64 and packed.scale.shape == (1, 64)
+  y = serving.packed_contraction(jnp.ones((3, 4, 16)), packed)
+  assert y.shape == (3, 64)
+  with pytest.raises(ValueError, match="contracts dims"):
+    serving.packed_contraction(jnp.ones((3, 16, 4)), packed)

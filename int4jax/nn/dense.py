@@ -13,7 +13,7 @@ import numpy as np
 from flax.core import meta
 
 from int4jax.config import Int4Config
-from int4jax.serving import PackedWeight, packed_linear
+from int4jax.serving import PackedWeight, packed_contraction
 from int4jax.nn.int4_dot import int4_dot_general
 
 
@@ -84,22 +84,32 @@ def int4_dense_call(layer: nn.Module, inputs: jax.Array, config: Int4Config) -> 
   return out
 
 
+def packed_dims(layer: nn.Module, ndim: int):
+  """How many leading kernel dims a Dense / DenseGeneral call on an `ndim`-dim input contracts,
+  if it can serve a packed kernel (no batch dims, its `axis` the input's trailing dims); None
+  if not."""
+  if not isinstance(layer, nn.DenseGeneral):
+    return 1
+  axis = sorted(a % ndim for a in _as_tuple(layer.axis))
+  if _as_tuple(layer.batch_dims) or axis != list(range(ndim - len(axis), ndim)):
+    return None
+  return len(axis)
+
+
 def _packed_dense_call(layer: nn.Module, inputs: jax.Array, packed: PackedWeight) -> jax.Array:
   """The layer's call from a packed kernel: the same dtypes and bias order as training. (A layer
   whose `dtype` rounds the kernel before quantizing, e.g. bf16 compute with f32 params, is served
   from the param-dtype kernel it was exported from: valid INT4, not bit for bit.)"""
-  if isinstance(layer, nn.DenseGeneral) and (
-      _as_tuple(layer.batch_dims) or len(_as_tuple(layer.features)) != 1
-      or tuple(a % inputs.ndim for a in _as_tuple(layer.axis)) != (inputs.ndim - 1,)):
-    raise ValueError(f"int4jax: layer {'/'.join(layer.path)} has a packed kernel, but only "
-                     "Dense-shaped layers (last axis in, one feature dim) serve packed kernels; "
-                     "keep its float kernel in the exported params")
+  if packed_dims(layer, inputs.ndim) != packed.contracted_dims:
+    raise ValueError(f"int4jax: layer {'/'.join(layer.path)} has a packed kernel, but it does not "
+                     "contract its input's trailing dims without batch dims as the kernel was "
+                     "exported; keep its float kernel in the exported params")
   bias = layer.get_variable("params", "bias") if layer.use_bias else None
   dtype = layer.dtype or jnp.result_type(inputs.dtype, packed.dtype,
                                          *([bias.dtype] if bias is not None else []))
-  y = packed_linear(inputs.astype(dtype), packed).astype(dtype)
+  y = packed_contraction(inputs.astype(dtype), packed).astype(dtype)
   if bias is not None:
-    y = y + jnp.reshape(bias.astype(dtype), (1,) * (y.ndim - 1) + (-1,))
+    y = y + jnp.reshape(bias.astype(dtype), (1,) * (y.ndim - bias.ndim) + bias.shape)
   return y
 
 

@@ -14,10 +14,11 @@ from typing import Any, Dict, Optional, Sequence, Tuple
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 
 from int4jax.config import Int4Config
 from int4jax import contraction
-from int4jax.nn.dense import Dense, DenseGeneral, int4_dense_call
+from int4jax.nn.dense import Dense, DenseGeneral, int4_dense_call, packed_dims
 from int4jax.nn.einsum import Einsum, einsum_spec, int4_einsum_call
 from int4jax.nn import raw_contractions
 from int4jax.nn.int4_dot import STATE_COLLECTION
@@ -49,6 +50,16 @@ def _unmappable(layer: nn.Module, args, kwargs) -> Optional[str]:
   return None
 
 
+def _record_packable(record, path: str, layer: nn.Module, args, kwargs) -> None:
+  """Notes in a QuantizationPlan how many leading kernel dims a Dense / DenseGeneral call
+  contracts, when it can serve a packed kernel (int4jax.nn.dense.packed_dims)."""
+  if isinstance(record, QuantizationPlan) and not isinstance(layer, nn.Einsum):
+    inputs = kwargs["inputs"] if "inputs" in kwargs else args[0]
+    dims = packed_dims(layer, jnp.ndim(inputs))
+    if dims is not None:
+      record.contracted_dims[path] = dims
+
+
 def _interceptor(rules: Sequence[QuantRule], record: Optional[Dict[str, Any]], run_int4: bool):
   def intercept(next_fun, args, kwargs, context):
     layer = context.module
@@ -58,6 +69,7 @@ def _interceptor(rules: Sequence[QuantRule], record: Optional[Dict[str, Any]], r
     if isinstance(layer, INT4_LAYERS):  # INT4 by construction: listed, not rewritten
       if record is not None:
         record[path] = layer.config
+        _record_packable(record, path, layer, args, kwargs)
       return next_fun(*args, **kwargs)
     config = config_for(rules, path)
     why_not = _unmappable(layer, args, kwargs) if config is not None else None
@@ -70,6 +82,8 @@ def _interceptor(rules: Sequence[QuantRule], record: Optional[Dict[str, Any]], r
       config = None
     if record is not None:
       record[path] = config
+      if config is not None:
+        _record_packable(record, path, layer, args, kwargs)
     if config is None or not run_int4:
       return next_fun(*args, **kwargs)
     if isinstance(layer, nn.Einsum):

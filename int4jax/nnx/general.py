@@ -16,10 +16,22 @@ from flax import nnx
 from int4jax import contraction
 from int4jax.config import Int4Config
 from int4jax.nnx.linear import Int4Contraction, _stream
+from int4jax.serving import PackedWeight, packed_contraction
 
 
 def _axes(axes, ndim):
   return tuple(sorted(int(a) % ndim for a in axes))
+
+
+def packed_dims(layer: nnx.LinearGeneral):
+  """How many leading kernel dims the layer contracts, if it can serve a packed kernel: no batch
+  axes, and `axis` the input's trailing dims written as negative indices (-n, ..., -1); None if
+  not."""
+  axis = sorted(int(a) for a in (layer.axis if isinstance(layer.axis, (tuple, list))
+                                 else (layer.axis,)))
+  if tuple(layer.batch_axis) or axis != list(range(-len(axis), 0)):
+    return None
+  return len(axis)
 
 
 class LinearGeneral(Int4Contraction, nnx.LinearGeneral):
@@ -37,6 +49,8 @@ class LinearGeneral(Int4Contraction, nnx.LinearGeneral):
   def __call__(self, inputs: jax.Array, out_sharding=None, *, rngs=None) -> jax.Array:
     if out_sharding is not None:
       raise NotImplementedError("int4jax.nnx.LinearGeneral: out_sharding is not supported")
+    if isinstance(self.kernel.get_value(), PackedWeight):  # serving: int4jax.nnx.export
+      return self._packed_call(inputs)
     ndim = inputs.ndim
     axis, batch_axis = _axes(self.axis, ndim), _axes(tuple(self.batch_axis), ndim)
     kernel = self.kernel[...]
@@ -52,6 +66,19 @@ class LinearGeneral(Int4Contraction, nnx.LinearGeneral):
       view = tuple(inputs.shape[a] if a in batch_axis else 1
                    for a in range(ndim) if a not in axis)
       y = y + jnp.reshape(bias, view + tuple(self.out_features))
+    return y
+
+  def _packed_call(self, inputs: jax.Array) -> jax.Array:
+    """The forward from a packed kernel, in training's dtypes and bias order."""
+    packed = self.kernel.get_value()
+    bias = self.bias[...] if self.bias is not None else None
+    dtype = self.dtype or jnp.result_type(inputs.dtype, packed.dtype,
+                                          *([bias.dtype] if bias is not None else []))
+    y = packed_contraction(inputs.astype(dtype), packed).astype(dtype)
+    if self.preferred_element_type is not None:
+      y = y.astype(self.preferred_element_type)
+    if bias is not None:
+      y = y + jnp.reshape(bias, (1,) * (y.ndim - bias.ndim) + bias.shape)
     return y
 
   @classmethod

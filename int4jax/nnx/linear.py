@@ -21,7 +21,7 @@ from int4jax.linear import int4_linear_batched
 from int4jax.nn.int4_dot import positive_step
 from int4jax.quantizers import block_search, hadamard
 from int4jax.quantizers import int4_quant as quantize
-from int4jax.serving import PackedWeight, export_weight, packed_linear
+from int4jax.serving import PackedWeight, packed_linear
 
 RNG_STREAM = "quant"
 
@@ -126,18 +126,3 @@ class Linear(Int4Contraction, nnx.Linear):
     new.kernel = layer.kernel
     new.bias = layer.bias
     return new
-
-
-def export(model: nnx.Module) -> nnx.Module:
-  """A copy of `model` whose int4jax.nnx.Linear layers hold packed INT4 kernels (PackedWeight,
-  int4jax.export_weight) and serve from them, equal to the training-time forward bit for bit
-  (compiled). Other layers, LinearGeneral and Einsum among them, keep their float kernels."""
-  served = nnx.clone(model)
-  for _, layer in nnx.iter_modules(served):
-    if isinstance(layer, Linear) and not isinstance(layer.kernel.get_value(), PackedWeight):
-      if layer.hadamard_block is None:
-        raise ValueError("int4jax.nnx.export: a layer's Hadamard block is still to be searched; "
-                         "run int4jax.nnx.calibrate(model, batch) first")
-      config = layer.config.replace(hadamard_block=layer.hadamard_block)
-      layer.kernel = nnx.Param(export_weight(layer.kernel[...], config))
-  return served
