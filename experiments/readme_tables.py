@@ -15,6 +15,8 @@ Each block sits between `<!-- NAME:start -->` and `<!-- NAME:end -->` in README.
   translation-table  the table of experiments/results/transformer_de_en.md
   layer-errors   the mean row of experiments/results/bert_layer_errors.md
   cpu-bench      experiments/results/bench_cpu_linear.json
+  mesh-scaling   experiments/results/mesh_scaling.md (python -m
+                 experiments.benchmarks.mesh_scaling)
 """
 
 import argparse
@@ -118,6 +120,7 @@ def blocks() -> dict:
       "translation-table": task_table((RESULTS / "transformer_de_en.md").read_text()),
       "layer-errors": layer_errors_table((RESULTS / "bert_layer_errors.md").read_text()),
       "cpu-bench": cpu_bench_table(json.loads((RESULTS / "bench_cpu_linear.json").read_text())),
+      "mesh-scaling": (RESULTS / "mesh_scaling.md").read_text(),
   }
 
 
