@@ -61,6 +61,7 @@ def test_nnx_float_checkpoint_restores_into_the_int4_model_and_back(tmp_path):
   chex.assert_trees_all_equal(nnx.state(plain, nnx.Param), nnx.state(trained, nnx.Param))
 
 
+@pytest.mark.slow  # over 20 s: the slow run (.ci/run), to keep the default run under 10 min
 def test_linen_float_checkpoint_restores_into_the_int4_model_and_back(tmp_path):
   params = LinenNet().init(jax.random.key(0), X)["params"]
   _save(tmp_path / "float", params)

@@ -103,8 +103,11 @@ def test_a_data_parallel_gradient_gathers_nothing_and_all_reduces_int32():
 
 
 @pytest.mark.parametrize("config,bitwise", [
-    (int4jax.Int4Config(), True), (int4jax.Int4Config(forward_rounding="stochastic"), True),
-    (int4jax.Int4Config(scale_mode="tensor"), True), (int4jax.Int4Config(lss="systematic"), False),
+    (int4jax.Int4Config(), True),
+    pytest.param(int4jax.Int4Config(forward_rounding="stochastic"), True,
+                 marks=pytest.mark.slow),  # the slow run (.ci/run)
+    pytest.param(int4jax.Int4Config(scale_mode="tensor"), True, marks=pytest.mark.slow),
+    (int4jax.Int4Config(lss="systematic"), False),
 ], ids=["default", "stochastic-forward", "per-tensor", "systematic-lss"])
 def test_data_parallel_under_jit_draws_the_same_bits_as_one_device(config, bitwise):
   """GSPMD partitions the dither by global position (threefry is partitionable) and all-reduces

@@ -58,12 +58,17 @@ def _all_gathers(hlo):
           for m in re.finditer(r"= (\w+)\[([\d,]*)\][^=\n]*? all-gather(?:-start)?\(", hlo)]
 
 
+SLOW = pytest.mark.slow  # the other formats: the slow run (.ci/run) keeps the default one fast
+
+
 @pytest.mark.parametrize("config", [
     Int4Config(),  # two-level scales: values and multipliers packed
-    Int4Config(scale_levels=1),  # one scale per column: values packed
-    Int4Config(scale_mode="tensor"),  # one scale for the whole weight: an all-reduce of a max
-    Int4Config(forward_bits=8, scale_levels=1),  # int8 operand, gathered as it is
-    Int4Config(forward_rounding="stochastic"),  # the dither covers the whole operand
+    pytest.param(Int4Config(scale_levels=1), marks=SLOW),  # one scale per column: values packed
+    # one scale for the whole weight: an all-reduce of a max
+    pytest.param(Int4Config(scale_mode="tensor"), marks=SLOW),
+    pytest.param(Int4Config(forward_bits=8, scale_levels=1), marks=SLOW),  # int8, as it is
+    # the dither covers the whole operand
+    pytest.param(Int4Config(forward_rounding="stochastic"), marks=SLOW),
 ], ids=["two-level", "per-row", "per-tensor", "int8", "stochastic"])
 def test_quantizing_the_shards_equals_gathering_then_quantizing(config):
   (loss, dw, dx), _ = _run(config.replace(fsdp_axis="data"))
@@ -132,6 +137,7 @@ def test_per_tensor_scales_under_fsdp_equal_the_unsharded_ones():
       lambda w, x: int4_linear(x, w, config=config))(w, x)))
 
 
+@SLOW
 def test_a_kernel_split_on_its_input_dim_is_resharded_and_still_equal():
   (loss, dw, dx), _ = _run(Int4Config(fsdp_axis="data"), kernel_spec=P("data", None))
   (loss_f, dw_f, dx_f), _ = _run(Int4Config(), kernel_spec=P("data", None))
