@@ -86,10 +86,11 @@ class QuantizationPlan(dict):
   def __init__(self, *args, **kwargs):
     super().__init__(*args, **kwargs)
     self.skipped: Dict[str, str] = {}
-    # INT4 Dense / DenseGeneral layers that can serve a packed kernel (no batch dims, contracting
-    # their input's trailing dims): how many leading kernel dims they contract. int4jax.export
-    # packs these.
+    # INT4 Dense / DenseGeneral / Einsum layers that can serve a packed kernel (no batch dims;
+    # a DenseGeneral contracting its input's trailing dims): how many leading kernel dims they
+    # contract, after the transpose in kernel_perms for an Einsum. int4jax.export packs these.
     self.contracted_dims: Dict[str, int] = {}
+    self.kernel_perms: Dict[str, Tuple[int, ...]] = {}
 
   def describe(self) -> str:
     """One line per layer (INT4 with its main settings, or float), then one per module with a

@@ -23,7 +23,7 @@ from typing import Any, Dict, Mapping, Optional, Tuple
 import jax
 import jax.numpy as jnp
 
-from int4jax import linear
+from int4jax import contraction, linear
 from int4jax.config import Int4Config
 from int4jax.quantizers import hadamard, packing, two_level
 
@@ -44,8 +44,15 @@ class PackedWeight:
   # the float kernel's shape, its leading dims contracted: (K, N) for Dense; e.g. (d, heads,
   # head_dim) for an attention projection's DenseGeneral kernel, packed as (d, heads * head_dim)
   kernel_shape: Tuple[int, ...] = dataclasses.field(default=(), metadata=dict(static=True))
-  # how many leading dims of kernel_shape are contracted (K is their product)
+  # how many leading dims of the (permuted) kernel are contracted (K is their product)
   contracted_dims: int = dataclasses.field(default=1, metadata=dict(static=True))
+  # the transpose that puts an Einsum kernel's contracted dims first ((): none)
+  kernel_perm: Tuple[int, ...] = dataclasses.field(default=(), metadata=dict(static=True))
+
+  @property
+  def flat_shape(self) -> Tuple[int, ...]:
+    """The kernel's shape as packed: permuted by kernel_perm, contracted dims first."""
+    return tuple(self.kernel_shape[i] for i in self.kernel_perm) or self.kernel_shape
 
   @property
   def padded_features(self) -> int:
@@ -69,20 +76,27 @@ def _check(config: Int4Config):
 
 
 def export_weight(kernel: jax.Array, config: Int4Config = Int4Config(),
-                  contracted_dims: int = 1) -> PackedWeight:
+                  contracted_dims: int = 1, kernel_perm: Tuple[int, ...] = ()) -> PackedWeight:
   """`kernel` packed as `int4_linear`'s forward quantizes it: (K, N), or a DenseGeneral-style
-  kernel whose first `contracted_dims` dims are the contraction, flattened to (K, N) as the INT4
-  layers flatten it. Compiled, like the training forward: the Hadamard's float sums then come
-  out the same, so the same integers do."""
+  kernel whose first `contracted_dims` dims are the contraction (after the transpose
+  `kernel_perm`, for an Einsum kernel), flattened to (K, N) as the INT4 layers flatten it.
+  Compiled, like the training forward: the Hadamard's float sums then come out the same, so the
+  same integers do."""
   _check(config)
+  kernel_perm = tuple(kernel_perm)
+  if kernel_perm:
+    if sorted(kernel_perm) != list(range(kernel.ndim)):
+      raise ValueError(f"int4jax.export: kernel_perm {kernel_perm} is not a permutation of a "
+                       f"{kernel.ndim}-dim kernel")
+    shape, kernel = kernel.shape, jnp.transpose(kernel, kernel_perm)
   if not 1 <= contracted_dims < kernel.ndim:
     raise ValueError(f"int4jax.export: a kernel of shape {kernel.shape} with contracted_dims="
                      f"{contracted_dims}: takes a 2-D (in, out) kernel, or a DenseGeneral kernel "
                      "with its contracted dims first and at least one output dim")
   k = math.prod(kernel.shape[:contracted_dims])
   packed = _export_weight(kernel.reshape(k, -1), config)
-  return dataclasses.replace(packed, kernel_shape=tuple(kernel.shape),
-                             contracted_dims=contracted_dims)
+  return dataclasses.replace(packed, kernel_shape=shape if kernel_perm else tuple(kernel.shape),
+                             contracted_dims=contracted_dims, kernel_perm=kernel_perm)
 
 
 @functools.partial(jax.jit, static_argnames=("config",))
@@ -131,24 +145,52 @@ def packed_contraction(x: jax.Array, packed: PackedWeight) -> jax.Array:
   """A DenseGeneral-style layer's product from its packed kernel (no bias): x's last
   `contracted_dims` dims (the kernel's leading dims) contracted, the output dims the kernel's
   trailing ones. For a (K, N) kernel it is `packed_linear`."""
-  lead = packed.kernel_shape[:packed.contracted_dims]
+  lead = packed.flat_shape[:packed.contracted_dims]
   if x.shape[x.ndim - len(lead):] != lead:
     raise ValueError(f"int4jax: the packed kernel contracts dims {lead}, but the input's trailing "
                      f"dims are {x.shape[x.ndim - len(lead):]}")
   free = x.shape[:x.ndim - len(lead)]
   y = packed_linear(x.reshape(free + (packed.in_features,)), packed)
-  return y.reshape(free + packed.kernel_shape[packed.contracted_dims:])
+  return y.reshape(free + packed.flat_shape[packed.contracted_dims:])
+
+
+def einsum_packing(spec: str, x_ndim: int, kernel_ndim: int):
+  """(kernel_perm, contracted_dims) that export an Einsum layer's kernel for `packed_einsum`, or
+  None when the einsum has batch dims (those run as a batch of GEMMs and keep a float kernel) or
+  is not an INT4 GEMM."""
+  try:
+    ((lc, rc), (lb, _)), _ = contraction.einsum_dimension_numbers(spec, x_ndim, kernel_ndim)
+  except ValueError:
+    return None
+  if lb:
+    return None
+  return rc + tuple(a for a in range(kernel_ndim) if a not in rc), len(rc)
+
+
+def packed_einsum(spec: str, x: jax.Array, packed: PackedWeight) -> jax.Array:
+  """An Einsum layer's contraction from its packed kernel (no bias), as jnp.einsum(spec, x,
+  kernel) lays it out."""
+  ((lc, rc), (lb, _)), out_perm = contraction.einsum_dimension_numbers(
+      spec, x.ndim, len(packed.kernel_shape))
+  layout = einsum_packing(spec, x.ndim, len(packed.kernel_shape))
+  if layout != (packed.kernel_perm, packed.contracted_dims):
+    raise ValueError(f"int4jax: einsum {spec!r} needs its kernel packed as (kernel_perm, "
+                     f"contracted_dims) = {layout}, but it was exported as "
+                     f"{(packed.kernel_perm, packed.contracted_dims)}: export the layer again")
+  free = tuple(a for a in range(x.ndim) if a not in lc)
+  y = packed_contraction(jnp.transpose(x, free + lc), packed)
+  return jnp.transpose(y, out_perm)
 
 
 def export(params: Mapping[str, Any], plan: Mapping[str, Optional[Int4Config]]
            ) -> Dict[str, Any]:
   """A copy of a params tree (nested dicts, '/'-joined layer paths as in `plan`) in which the
-  kernel of every INT4 Dense and DenseGeneral layer that can serve packed weights is a
+  kernel of every INT4 Dense, DenseGeneral and Einsum layer that can serve packed weights is a
   PackedWeight: those in a QuantizationPlan's `contracted_dims` (int4jax.plan / a linen
   QuantizedModel's .plan(x)), attention's (d, heads, head_dim) projections included. Float
-  layers keep their kernels, and so do INT4 layers that cannot be served packed (Einsum layers,
-  DenseGeneral with batch dims, a module's own contractions): they still run INT4 from the float
-  kernel (logged). With a plain dict for a plan, every INT4 layer's 2-D kernel is packed."""
+  layers keep their kernels, and so do INT4 layers that cannot be served packed (batch dims, a
+  module's own contractions): they still run INT4 from the float kernel (logged). With a plain
+  dict for a plan, every INT4 layer's 2-D kernel is packed."""
   dims_of = getattr(plan, "contracted_dims", None)
   out = dict(params)  # copied along each rewritten path below; the arrays are shared
   for path, config in plan.items():
@@ -166,8 +208,10 @@ def export(params: Mapping[str, Any], plan: Mapping[str, Optional[Int4Config]]
     if kernel is None or dims is None:
       logger.info("int4jax.export: %s keeps its float weights (%s)", path,
                   "no 'kernel' param: a contraction the module runs itself" if kernel is None
-                  else "not a layer that serves packed kernels: an Einsum, or batch dims")
+                  else "its contraction has batch dims, or it is not a layer that serves packed "
+                  "kernels")
       continue
-    layer["kernel"] = export_weight(kernel, config, dims)
+    layer["kernel"] = export_weight(kernel, config, dims,
+                                    getattr(plan, "kernel_perms", {}).get(path, ()))
     node[names[-1]] = layer
   return out

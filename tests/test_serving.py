@@ -115,31 +115,38 @@ def _attention_inputs():
   return jax.random.normal(jax.random.key(0), (2, 8, 64))
 
 
-def test_linen_attention_projections_and_dense_layers_all_serve_packed():
+def test_linen_attention_projections_einsums_and_dense_layers_all_serve_packed():
   """nn.MultiHeadDotProductAttention's DenseGeneral projections ((64, 4, 16) and (4, 16, 64)
-  kernels) are packed like Dense ones; an Einsum layer keeps its float kernel and still runs
-  INT4. Compiled, the served model equals the training forward bit for bit."""
+  kernels), an Einsum whose kernel contracts its middle dim (packed transposed) and a Dense layer
+  are all packed; an Einsum with a batch dim keeps its float kernel and still runs INT4.
+  Compiled, the served model equals the training forward bit for bit."""
   class Model(nn.Module):
     @nn.compact
     def __call__(self, x):
       h = nn.MultiHeadDotProductAttention(num_heads=4, name="attn")(x)
-      h = nn.Einsum((64, 64), "btd,df->btf", name="mix")(h)
-      return nn.Dense(64, name="mlp")(h)
+      h = nn.Einsum((4, 64, 16), "btd,hdk->bthk", name="split")(h)  # kernel (h, d, k)
+      h = nn.Einsum((4, 16, 16), "bthk,hkj->bthj", name="per_head")(h)  # h is a batch dim
+      return nn.Dense(64, name="mlp")(h.reshape(h.shape[:2] + (-1,)))
 
   x = _attention_inputs()
   model = int4jax.quantize_model(Model())
   params = model.init(jax.random.key(1), x)["params"]
   plan = int4jax.plan(model, x)
   assert plan.contracted_dims == {"attn/query": 1, "attn/key": 1, "attn/value": 1,
-                                  "attn/out": 2, "mlp": 1}  # the Einsum is not servable packed
+                                  "attn/out": 2, "split": 1, "mlp": 1}
+  assert plan.kernel_perms == {"split": (1, 0, 2)}
   served = int4jax.export(params, plan)
   packed = {p: served["attn"][p]["kernel"] for p in ("query", "key", "value", "out")}
+  packed.update(split=served["split"]["kernel"], mlp=served["mlp"]["kernel"])
   assert all(isinstance(k, int4jax.PackedWeight) for k in packed.values())
   assert packed["out"].kernel_shape == (4, 16, 64) and packed["out"].contracted_dims == 2
-  assert not isinstance(served["mix"]["kernel"], int4jax.PackedWeight)
+  assert packed["split"].flat_shape == (64, 4, 16)
+  assert not isinstance(served["per_head"]["kernel"], int4jax.PackedWeight)
   apply = jax.jit(model.apply)
   np.testing.assert_array_equal(apply({"params": served}, x), apply({"params": params}, x))
-  assert sum(k.nbytes for k in packed.values()) <= 0.3 * 2 * 4 * 64 * 64
+  floats = sum(np.size(params["attn"][p]["kernel"]) for p in ("query", "key", "value", "out"))
+  floats += np.size(params["split"]["kernel"]) + np.size(params["mlp"]["kernel"])
+  assert sum(k.nbytes for k in packed.values()) <= 0.3 * 2 * floats
 
 
 def test_nnx_attention_projections_serve_packed():
@@ -148,16 +155,19 @@ def test_nnx_attention_projections_serve_packed():
   class Model(nnx.Module):
     def __init__(self, rngs):
       self.attn = nnx.MultiHeadAttention(num_heads=4, in_features=64, decode=False, rngs=rngs)
+      self.split = nnx.Einsum("btd,hdk->bthk", (4, 64, 16), (4, 16), rngs=rngs)
       self.mlp = nnx.Linear(64, 64, rngs=rngs)
 
     def __call__(self, x):
-      return self.mlp(self.attn(x))
+      h = self.split(self.attn(x))
+      return self.mlp(h.reshape(h.shape[:2] + (-1,)))
 
   model = int4jax.quantize_model(Model(nnx.Rngs(0)), rngs=nnx.Rngs(quant=1))
   served = int4jax.nnx.export(model)
   names = ("query", "key", "value", "out")
   packed = [getattr(served.attn, n).kernel.get_value() for n in names]
   assert all(isinstance(k, int4jax.PackedWeight) for k in packed)
+  assert served.split.kernel.get_value().kernel_perm == (1, 0, 2)
   assert not isinstance(model.attn.query.kernel.get_value(), int4jax.PackedWeight)
   forward = nnx.jit(lambda m, x: m(x))
   x = _attention_inputs()

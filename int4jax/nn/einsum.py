@@ -12,6 +12,7 @@ import jax.numpy as jnp
 
 from int4jax.config import Int4Config
 from int4jax.nn.int4_dot import int4_einsum
+from int4jax.serving import PackedWeight, packed_einsum
 
 
 def einsum_spec(layer: nn.Einsum, einsum_str=None) -> str:
@@ -32,10 +33,10 @@ def int4_einsum_call(layer: nn.Einsum, inputs: jax.Array, config: Int4Config,
   nn.Einsum (or subclass) inside its own compact call; its params are created as Flax creates
   them."""
   spec = einsum_spec(layer, einsum_str)
-  if layer.has_variable("params", "kernel") and not hasattr(
-      layer.get_variable("params", "kernel"), "ndim"):
-    raise ValueError(f"int4jax: Einsum {'/'.join(layer.path)} has a packed kernel; export packs "
-                     "Dense-shaped layers only, so keep its float kernel")
+  if layer.has_variable("params", "kernel"):
+    packed = layer.get_variable("params", "kernel")
+    if isinstance(packed, PackedWeight):  # serving: params from int4jax.export
+      return _packed_einsum_call(layer, spec, inputs, packed)
   kernel = layer.param("kernel", layer.kernel_init, layer.shape, layer.param_dtype)
   bias, bias_view = None, None
   if layer.use_bias:
@@ -45,6 +46,21 @@ def int4_einsum_call(layer: nn.Einsum, inputs: jax.Array, config: Int4Config,
   y = int4_einsum(layer, spec, inputs, kernel, config, layer.preferred_element_type)
   if bias is not None:
     y = y + jnp.reshape(bias, bias_view)
+  return y
+
+
+def _packed_einsum_call(layer: nn.Einsum, spec: str, inputs: jax.Array, packed: PackedWeight
+                        ) -> jax.Array:
+  """The layer's call from a packed kernel, in training's dtypes and bias order."""
+  bias = layer.get_variable("params", "bias") if layer.use_bias else None
+  dtype = layer.dtype or jnp.result_type(inputs.dtype, packed.dtype,
+                                         *([bias.dtype] if bias is not None else []))
+  y = packed_einsum(spec, inputs.astype(dtype), packed).astype(dtype)
+  if layer.preferred_element_type is not None:
+    y = y.astype(layer.preferred_element_type)
+  if bias is not None:
+    kernel = jax.ShapeDtypeStruct(packed.kernel_shape, dtype)
+    y = y + jnp.reshape(bias.astype(dtype), layer._get_bias_shape(spec, inputs, kernel)[1])
   return y
 
 

@@ -22,6 +22,7 @@ from int4jax.nn.dense import Dense, DenseGeneral, int4_dense_call, packed_dims
 from int4jax.nn.einsum import Einsum, einsum_spec, int4_einsum_call
 from int4jax.nn import raw_contractions
 from int4jax.nn.int4_dot import STATE_COLLECTION
+from int4jax.serving import einsum_packing
 from int4jax.rules import (QuantizationPlan, QuantRule, check_all_match, config_for,
                            make_rules)
 
@@ -51,13 +52,20 @@ def _unmappable(layer: nn.Module, args, kwargs) -> Optional[str]:
 
 
 def _record_packable(record, path: str, layer: nn.Module, args, kwargs) -> None:
-  """Notes in a QuantizationPlan how many leading kernel dims a Dense / DenseGeneral call
-  contracts, when it can serve a packed kernel (int4jax.nn.dense.packed_dims)."""
-  if isinstance(record, QuantizationPlan) and not isinstance(layer, nn.Einsum):
-    inputs = kwargs["inputs"] if "inputs" in kwargs else args[0]
-    dims = packed_dims(layer, jnp.ndim(inputs))
-    if dims is not None:
-      record.contracted_dims[path] = dims
+  """Notes in a QuantizationPlan how a Dense / DenseGeneral / Einsum call's kernel is exported
+  packed, when it can serve one (int4jax.nn.dense.packed_dims, int4jax.serving.einsum_packing)."""
+  if not isinstance(record, QuantizationPlan):
+    return
+  inputs = kwargs["inputs"] if "inputs" in kwargs else args[0]
+  if isinstance(layer, nn.Einsum):
+    spec = einsum_spec(layer, kwargs.get("einsum_str", args[1] if len(args) > 1 else None))
+    layout = einsum_packing(spec, jnp.ndim(inputs), len(layer.shape))
+    if layout is not None:
+      record.kernel_perms[path], record.contracted_dims[path] = layout
+    return
+  dims = packed_dims(layer, jnp.ndim(inputs))
+  if dims is not None:
+    record.contracted_dims[path] = dims
 
 
 def _interceptor(rules: Sequence[QuantRule], record: Optional[Dict[str, Any]], run_int4: bool):

@@ -16,7 +16,7 @@ from flax import nnx
 from int4jax import contraction
 from int4jax.config import Int4Config
 from int4jax.nnx.linear import Int4Contraction, _stream
-from int4jax.serving import PackedWeight, packed_contraction
+from int4jax.serving import PackedWeight, packed_contraction, packed_einsum
 
 
 def _axes(axes, ndim):
@@ -115,6 +115,8 @@ class Einsum(Int4Contraction, nnx.Einsum):
     if out_sharding is not None:
       raise NotImplementedError("int4jax.nnx.Einsum: out_sharding is not supported")
     spec = (einsum_str if einsum_str is not None else self.einsum_str).replace(" ", "")
+    if isinstance(self.kernel.get_value(), PackedWeight):  # serving: int4jax.nnx.export
+      return self._packed_call(spec, inputs)
     kernel = self.kernel[...]
     bias = self.bias[...] if self.bias is not None else None
     inputs, kernel, bias = self.promote_dtype((inputs, kernel, bias), dtype=self.dtype)
@@ -123,6 +125,20 @@ class Einsum(Int4Contraction, nnx.Einsum):
     if self.preferred_element_type is not None:
       y = y.astype(self.preferred_element_type)
     if bias is not None:
+      y = y + jnp.reshape(bias, self._infer_broadcasted_bias_shape(spec, inputs, kernel))
+    return y
+
+  def _packed_call(self, spec: str, inputs: jax.Array) -> jax.Array:
+    """The forward from a packed kernel, in training's dtypes and bias order."""
+    packed = self.kernel.get_value()
+    bias = self.bias[...] if self.bias is not None else None
+    dtype = self.dtype or jnp.result_type(inputs.dtype, packed.dtype,
+                                          *([bias.dtype] if bias is not None else []))
+    y = packed_einsum(spec, inputs.astype(dtype), packed).astype(dtype)
+    if self.preferred_element_type is not None:
+      y = y.astype(self.preferred_element_type)
+    if bias is not None:
+      kernel = jax.ShapeDtypeStruct(packed.kernel_shape, dtype)
       y = y + jnp.reshape(bias, self._infer_broadcasted_bias_shape(spec, inputs, kernel))
     return y
 
