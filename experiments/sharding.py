@@ -13,7 +13,10 @@ Placement of a param with module path M and name N (kernel, bias, ...):
   largest dimension that is not already split and divides by the data axis, is split over
   "data"; GSPMD gathers it where it is used. INT4 layers gather packed INT4 instead of floats
   when `gathers_int4(config)` (int4jax/fsdp.py: shards are quantized where they live, which
-  needs the output-dim split).
+  needs the output-dim split). A DenseGeneral kernel (d, heads, head_dim) is split on head_dim,
+  which interleaves the flattened output columns: the INT4 gather then reshards the float
+  kernel to contiguous columns first (an all-to-all in the HLO), a cost the Dense kernels of the
+  experiments' own models do not have.
 A dimension that does not divide by its axis stays whole, and `describe` lists it. The column/row
 rule assumes Dense kernels (in, out); DenseGeneral kernels (Flax's attention: (d, heads,
 head_dim) and (heads, head_dim, d)) are split on their first or last dim, which is correct but

@@ -23,6 +23,7 @@ import contextlib
 import dataclasses
 import functools
 import json
+import logging
 import os
 import statistics
 import time
@@ -35,14 +36,20 @@ import optax
 import int4jax
 from experiments import sharding, tasks, variants
 
+logger = logging.getLogger("experiments")
+
 
 def build_model(task, config, data, variant: str):
   """The task's float model, with the variant's INT4 rules applied (fp32: unchanged)."""
   model = task.model(config, data)
   rules = variants.rules_for(variant, task.float_layers, task.layer_groups)
   if rules is not None and sharding.gathers_int4(config):
-    rules = tuple(r if r.config is None else dataclasses.replace(
-        r, config=r.config.replace(fsdp_axis="data")) for r in rules)
+    wire = lambda c: c is not None and c.scale_mode != "lsq"  # learned scales: not packable
+    if any(r.config is not None and not wire(r.config) for r in rules):
+      logger.info("%s: learned (LSQ) scales cannot be gathered packed; those layers' weights are "
+                  "gathered as GSPMD chooses", variant)
+    rules = tuple(dataclasses.replace(r, config=r.config.replace(fsdp_axis="data"))
+                  if wire(r.config) else r for r in rules)
   return model if rules is None else int4jax.quantize_model(model, rules)
 
 

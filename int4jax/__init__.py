@@ -18,6 +18,6 @@ from int4jax import nn, nnx  # noqa: E402
 from int4jax.model_quantization import plan, quantization_plan, quantize_model  # noqa: E402
 
 __all__ = ["Int4Config", "PackedWeight", "QuantRule", "describe_backend", "export",
-           "export_weight", "packed_linear", "int4_linear", "int4_linear_reference",
-           "nn", "nnx", "plan", "quantization_plan", "quantize_model", "quantizers", "resolve_backend",
-           "tune", "__version__"]
+           "export_weight", "packed_linear", "int4_linear", "int4_linear_reference", "nn", "nnx",
+           "plan", "quantization_plan", "quantize_model", "quantizers", "resolve_backend", "tune",
+           "__version__"]

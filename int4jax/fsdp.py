@@ -22,7 +22,8 @@ for the whole (Kp, N) operand, so it matches the unsplit op too.
 A kernel stored split on another dim is first resharded to this layout by GSPMD (an all-to-all
 of the float shard, visible in the HLO); `experiments.sharding` places FSDP kernels on their
 output dim for that reason. An output dim that does not divide by the axis size cannot be split
-evenly: that layer gathers float weights, and a warning says so once per shape.
+evenly: that layer's weight is gathered as GSPMD chooses, and a warning says so once per (axis,
+columns, axis size).
 """
 
 import logging
@@ -52,13 +53,15 @@ def _placer(config, n: int):
   context mesh; None when n output columns do not split over the axis (warned once per n)."""
   axis = config.fsdp_axis
   mesh = _mesh(axis)
-  if n % mesh.shape[axis]:
-    if n not in _warned:
-      _warned.add(n)
+  size = mesh.shape[axis]
+  if n % size:
+    if (axis, n, size) not in _warned:
+      _warned.add((axis, n, size))
       logger.warning("int4jax: fsdp_axis=%r: a weight's %d output columns do not split over %d "
-                     "devices; this layer gathers its float weight", axis, n, mesh.shape[axis])
+                     "devices; this layer's weight is gathered as GSPMD chooses (the float "
+                     "weight or the int8 operand), not packed", axis, n, size)
     return None
-  if mesh._name_to_type[axis] == jax.sharding.AxisType.Explicit:
+  if mesh.axis_types[mesh.axis_names.index(axis)] == jax.sharding.AxisType.Explicit:
     return lambda a, *spec: jax.sharding.reshard(a, P(*spec))
   return lambda a, *spec: jax.lax.with_sharding_constraint(a, NamedSharding(mesh, P(*spec)))
 

@@ -7,8 +7,9 @@ from flax import nnx
 
 from int4jax.config import Int4Config
 from int4jax.nn.quantize import QuantizedModel, quantize_linen
-from int4jax.nnx.quantize import INT4_TYPES as NNX_INT4_TYPES, SWAPS as NNX_SWAPS, quantize_nnx
-from int4jax.nnx.quantize import einsum_problem
+from int4jax.nnx.quantize import INT4_TYPES as NNX_INT4_TYPES, SWAPS as NNX_SWAPS
+from int4jax.nnx.quantize import einsum_problem, quantize_nnx
+from int4jax.nnx.serving import packing as nnx_packing
 from int4jax.rules import QuantizationPlan, QuantRule
 
 
@@ -62,16 +63,24 @@ def quantization_plan(model, *example_args, **example_kwargs) -> QuantizationPla
                       "enough: jax.ShapeDtypeStruct works)")
     return model.plan(*example_args, **example_kwargs)
   if isinstance(model, nnx.Module):
+    if example_args or example_kwargs:
+      raise TypeError("quantization_plan(nnx_model): an NNX model's layers are known without "
+                      "example inputs; call it with the model alone")
     layer_types = tuple(t for t, _ in NNX_SWAPS)
-    plan = QuantizationPlan()
+    result = QuantizationPlan()
     for path, node in nnx.iter_graph(model):
       if isinstance(node, layer_types):
         name = "/".join(str(p) for p in path)
-        plan[name] = node.config if isinstance(node, NNX_INT4_TYPES) else None
-        problem = None if plan[name] is not None else einsum_problem(node)
+        result[name] = node.config if isinstance(node, NNX_INT4_TYPES) else None
+        problem = None if result[name] is not None else einsum_problem(node)
         if problem is not None:
-          plan.skipped[name] = problem
-    return plan
+          result.skipped[name] = problem
+        layout = nnx_packing(node) if result[name] is not None else None
+        if layout is not None:
+          result.contracted_dims[name] = layout[1]
+          if layout[0]:
+            result.kernel_perms[name] = layout[0]
+    return result
   raise TypeError(f"quantization_plan: expected a QuantizedModel or an nnx.Module, got "
                   f"{type(model).__name__}")
 

@@ -101,5 +101,6 @@ class QuantizationPlan(dict):
                    f"{path}: INT4 (hadamard_block={config.hadamard_block}, scale_mode="
                    f"{config.scale_mode}, scale_levels={config.scale_levels}, grad_mode="
                    f"{config.grad_mode})")
-    lines += [f"{path}: skipped, stays float: {why}" for path, why in sorted(self.skipped.items())]
+    lines += [f"{path or '<root>'}: skipped, stays float: {why}"
+              for path, why in sorted(self.skipped.items())]
     return "\n".join(lines)

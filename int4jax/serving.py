@@ -51,7 +51,11 @@ class PackedWeight:
 
   @property
   def flat_shape(self) -> Tuple[int, ...]:
-    """The kernel's shape as packed: permuted by kernel_perm, contracted dims first."""
+    """The kernel's shape as packed: permuted by kernel_perm, contracted dims first; (K, N)
+    for a PackedWeight made without a kernel_shape."""
+    if not self.kernel_shape:
+      n_out = self.scale.shape[-1] if self.scale.ndim else self.values.shape[0]
+      return (self.in_features, n_out)
     return tuple(self.kernel_shape[i] for i in self.kernel_perm) or self.kernel_shape
 
   @property
@@ -155,16 +159,17 @@ def packed_contraction(x: jax.Array, packed: PackedWeight) -> jax.Array:
 
 
 def einsum_packing(spec: str, x_ndim: int, kernel_ndim: int):
-  """(kernel_perm, contracted_dims) that export an Einsum layer's kernel for `packed_einsum`, or
-  None when the einsum has batch dims (those run as a batch of GEMMs and keep a float kernel) or
-  is not an INT4 GEMM."""
+  """(kernel_perm, contracted_dims) that export an Einsum layer's kernel for `packed_einsum`
+  (kernel_perm () when no transpose is needed), or None when the einsum has batch dims (those
+  run as a batch of GEMMs and keep a float kernel) or is not an INT4 GEMM."""
   try:
     ((lc, rc), (lb, _)), _ = contraction.einsum_dimension_numbers(spec, x_ndim, kernel_ndim)
   except ValueError:
     return None
   if lb:
     return None
-  return rc + tuple(a for a in range(kernel_ndim) if a not in rc), len(rc)
+  perm = rc + tuple(a for a in range(kernel_ndim) if a not in rc)
+  return (() if perm == tuple(range(kernel_ndim)) else perm), len(rc)
 
 
 def packed_einsum(spec: str, x: jax.Array, packed: PackedWeight) -> jax.Array:

@@ -3,6 +3,7 @@ a backend that cannot run here is a row that says why, not a missing row."""
 
 import json
 
+import jax
 import pytest
 
 from experiments.benchmarks import gemm, linear
@@ -98,7 +99,7 @@ def test_collective_bytes_reads_sync_async_and_tuple_results():
 
 
 @pytest.mark.slow  # compiles seven 8-device train steps
-@pytest.mark.skipif(len(__import__("jax").devices()) < 8, reason="needs 8 devices (XLA_FLAGS)")
+@pytest.mark.skipif(len(jax.devices()) < 8, reason="needs 8 devices (XLA_FLAGS)")
 def test_mesh_scaling_counts_each_parallelism_and_fsdp_gathers_int4(tmp_path):
   from experiments.benchmarks import mesh_scaling
   from experiments.configs import get_config

@@ -58,12 +58,29 @@ def test_placement_splits_columns_rows_and_fsdp_dimensions():
   fsdp = jax.tree.map(lambda s: tuple(s.spec), sharding.tree_shardings(params, mesh, tp, fsdp=True))
   assert fsdp["block_0"]["attn"]["query"]["kernel"] == ("data", "model")
   assert fsdp["wte"]["embedding"] == (None, "data")  # 302 does not divide by 4
+  # FSDP alone: a kernel is split on its output dim (quantized where it lives), even the smaller
+  fsdp_only = sharding.tree_shardings({"down": {"kernel": np.zeros((256, 64))}},
+                                      sharding.make_mesh("data=8"), tp, fsdp=True)
+  assert tuple(fsdp_only["down"]["kernel"].spec) == (None, "data")
   # inside a train state, the optimizer's mu and nu are placed like the params they mirror
   state = {"params": params, "opt": optax.adam(1e-3).init(params)}
   placed = sharding.tree_shardings(state, mesh, tp)
   assert tuple(placed["params"]["block_0"]["attn"]["query"]["kernel"].spec) == (None, "model")
   assert tuple(placed["opt"][0].mu["block_0"]["attn"]["query"]["kernel"].spec) == (None, "model")
   assert tuple(placed["opt"][0].count.spec) == ()
+
+
+def test_fsdp_gathers_int4_for_dynamic_scales_and_leaves_learned_ones_to_gspmd(lm):
+  config, task, data = lm
+  fsdp = config.replace(mesh="data=8", fsdp=True)
+
+  def configs(config, variant):
+    return [r.config for r in train.build_model(task, config, data, variant).rules if r.config]
+  assert all(c.fsdp_axis == "data" for c in configs(fsdp, "int4"))
+  assert all(c.fsdp_axis is None for c in configs(fsdp, "int4-paper"))  # LSQ: not packable
+  assert all(c.fsdp_axis is None for c in configs(fsdp.replace(fsdp_int4_wire=False), "int4"))
+  assert all(c.fsdp_axis is None  # tensor parallelism too: the INT4 gather is FSDP's alone
+             for c in configs(fsdp.replace(mesh="data=4,model=2"), "int4"))
 
 
 @pytest.mark.slow  # over 20 s each: the slow run (.ci/run)

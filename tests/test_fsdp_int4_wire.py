@@ -88,6 +88,16 @@ def test_explicit_mesh_axes_reshard_and_equal_the_same():
   assert ("u8", (64, 48)) in _all_gathers(hlo)  # values: 64 columns x 96 / 2 bytes
 
 
+def test_a_contraction_that_needs_padding_gathers_packed_and_equal():
+  """K = 100 is padded to 128 before the Hadamard; the packed operand carries the padding."""
+  operands = _operands(k=100)
+  (loss, dw, dx), hlo = _run(Int4Config(fsdp_axis="data"), operands=operands)
+  (loss_f, dw_f, dx_f), _ = _run(Int4Config(), operands=operands)
+  np.testing.assert_array_equal(np.asarray(dw), np.asarray(dw_f))
+  np.testing.assert_array_equal(np.asarray(dx), np.asarray(dx_f))
+  assert ("u8", (64, 64)) in _all_gathers(hlo)  # 64 columns x 128 / 2 bytes
+
+
 def test_the_sharded_step_equals_one_device():
   """Against the op on one device: the same loss and gradients up to float summation order."""
   config = Int4Config(fsdp_axis="data")
@@ -145,7 +155,9 @@ def test_a_kernel_split_on_its_input_dim_is_resharded_and_still_equal():
   np.testing.assert_array_equal(np.asarray(dw), np.asarray(dw_f))
 
 
-def test_columns_that_do_not_split_gather_floats_and_say_so(caplog):
+def test_columns_that_do_not_split_gather_floats_and_say_so(caplog, monkeypatch):
+  from int4jax import fsdp
+  monkeypatch.setattr(fsdp, "_warned", set())  # "once" is per process
   operands = _operands(n=60)  # 60 output columns over 8 devices
   with caplog.at_level(logging.WARNING, logger="int4jax"):
     (loss, _, _), _ = _run(Int4Config(fsdp_axis="data"), kernel_spec=P(), operands=operands)

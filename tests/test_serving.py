@@ -163,6 +163,10 @@ def test_nnx_attention_projections_serve_packed():
       return self.mlp(h.reshape(h.shape[:2] + (-1,)))
 
   model = int4jax.quantize_model(Model(nnx.Rngs(0)), rngs=nnx.Rngs(quant=1))
+  plan = int4jax.plan(model)
+  assert plan.contracted_dims == {"attn/query": 1, "attn/key": 1, "attn/value": 1,
+                                  "attn/out": 2, "split": 1, "mlp": 1}
+  assert plan.kernel_perms == {"split": (1, 0, 2)}
   served = int4jax.nnx.export(model)
   names = ("query", "key", "value", "out")
   packed = [getattr(served.attn, n).kernel.get_value() for n in names]

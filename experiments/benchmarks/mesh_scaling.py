@@ -14,7 +14,8 @@ and per model:
   int4         INT4 layers; under FSDP the packed INT4 weights are gathered (Int4Config.fsdp_axis)
 
 Bytes: every collective in the optimized HLO (all-gather, all-reduce, reduce-scatter, all-to-all,
-collective-permute) counted once per step at the size of its result on one device. "block
+collective-permute; XLA:CPU's sync forms, see _collectives) counted once per step at the size of
+its result on one device. "block
 weights" are the all-gathers of the INT4 layers' weights, told apart by shape: a gather with as
 many elements as one of those kernels (K x N, or Kp x N after padding; any dtype), the packed
 INT4 gathers (u8) and their per-column scales (f32 (1, N); biases are 1-D). "vs bf16" divides
@@ -48,14 +49,17 @@ TINY = dict(num_layers=1, hidden_size=64, num_heads=2, seq_len=16, batch_size=8)
 
 def _collectives(hlo: str):
   """(kind, [(dtype, shape)] of its result) for every collective op in compiled HLO text, each
-  counted once (an async -start's (operand, result) tuple gives its result only)."""
+  counted once: sync ops, and the -start of all-gather / collective-permute, whose tuple holds
+  (operands, results), counted by its results. (XLA:CPU, which made the committed table, emits
+  sync ops; other async forms, such as GPU's async-start wrappers, are not read.)"""
   pattern = re.compile(r"= (\(.*?\)|\S+) (" + "|".join(COLLECTIVES) + r")(-start)?\(")
   for line in hlo.splitlines():
     match = pattern.search(line)
     if match:
       shapes = [(d, tuple(int(x) for x in dims.split(",") if x))
                 for d, dims in re.findall(r"(\w+)\[([\d,]*)\]", match.group(1))]
-      yield match.group(2), shapes[len(shapes) // 2:] if match.group(3) else shapes
+      halved = match.group(3) and match.group(2) in ("all-gather", "collective-permute")
+      yield match.group(2), shapes[len(shapes) // 2:] if halved else shapes
 
 
 def _nbytes(dtype: str, shape) -> int:

@@ -61,7 +61,9 @@ def _record_packable(record, path: str, layer: nn.Module, args, kwargs) -> None:
     spec = einsum_spec(layer, kwargs.get("einsum_str", args[1] if len(args) > 1 else None))
     layout = einsum_packing(spec, jnp.ndim(inputs), len(layer.shape))
     if layout is not None:
-      record.kernel_perms[path], record.contracted_dims[path] = layout
+      record.contracted_dims[path] = layout[1]
+      if layout[0]:
+        record.kernel_perms[path] = layout[0]
     return
   dims = packed_dims(layer, jnp.ndim(inputs))
   if dims is not None:

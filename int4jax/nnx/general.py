@@ -71,6 +71,10 @@ class LinearGeneral(Int4Contraction, nnx.LinearGeneral):
   def _packed_call(self, inputs: jax.Array) -> jax.Array:
     """The forward from a packed kernel, in training's dtypes and bias order."""
     packed = self.kernel.get_value()
+    if packed_dims(self) != packed.contracted_dims:
+      raise ValueError("int4jax.nnx.LinearGeneral: the packed kernel needs a layer contracting "
+                       f"its input's last {packed.contracted_dims} dims without batch axes; "
+                       "keep this layer's float kernel")
     bias = self.bias[...] if self.bias is not None else None
     dtype = self.dtype or jnp.result_type(inputs.dtype, packed.dtype,
                                           *([bias.dtype] if bias is not None else []))
@@ -78,7 +82,7 @@ class LinearGeneral(Int4Contraction, nnx.LinearGeneral):
     if self.preferred_element_type is not None:
       y = y.astype(self.preferred_element_type)
     if bias is not None:
-      y = y + jnp.reshape(bias, (1,) * (y.ndim - bias.ndim) + bias.shape)
+      y = y + jnp.reshape(bias.astype(dtype), (1,) * (y.ndim - bias.ndim) + bias.shape)
     return y
 
   @classmethod
@@ -139,7 +143,8 @@ class Einsum(Int4Contraction, nnx.Einsum):
       y = y.astype(self.preferred_element_type)
     if bias is not None:
       kernel = jax.ShapeDtypeStruct(packed.kernel_shape, dtype)
-      y = y + jnp.reshape(bias, self._infer_broadcasted_bias_shape(spec, inputs, kernel))
+      y = y + jnp.reshape(bias.astype(dtype),
+                          self._infer_broadcasted_bias_shape(spec, inputs, kernel))
     return y
 
   @classmethod
