@@ -15,8 +15,9 @@ Bytes gathered per weight element: 0.5 + 0.5 / scale_group + 4 / Kp (about 0.53 
 0.27x of bf16's 2); int8 (1 byte) at forward_bits=8, which has no spare bits to pack.
 scale_mode="tensor" needs the global abs-max: GSPMD all-reduces one scalar for it.
 
-The gradient of the weight is computed whole (in the Hadamard domain) and GSPMD reduce-scatters
-it back to the shards, as for any FSDP weight. The forward's stochastic rounding draws its dither
+The gradient of the weight is computed whole (in the Hadamard domain) and handed back split on
+its columns like the weight; GSPMD sums the token shards' partial products into it (a
+reduce-scatter, or on XLA:CPU an all-reduce and a slice), as for any FSDP weight. The forward's stochastic rounding draws its dither
 for the whole (Kp, N) operand, so it matches the unsplit op too.
 
 A kernel stored split on another dim is first resharded to this layout by GSPMD (an all-to-all
@@ -50,7 +51,8 @@ def _mesh(axis: str):
 
 def _placer(config, n: int):
   """place(a, *spec): a constrained (Auto mesh axes) or resharded (Explicit) to P(*spec) on the
-  context mesh; None when n output columns do not split over the axis (warned once per n)."""
+  context mesh; None when n output columns do not split over the axis (warned once per axis,
+  n and axis size)."""
   axis = config.fsdp_axis
   mesh = _mesh(axis)
   size = mesh.shape[axis]

@@ -175,7 +175,7 @@ def einsum_packing(spec: str, x_ndim: int, kernel_ndim: int):
 def packed_einsum(spec: str, x: jax.Array, packed: PackedWeight) -> jax.Array:
   """An Einsum layer's contraction from its packed kernel (no bias), as jnp.einsum(spec, x,
   kernel) lays it out."""
-  ((lc, rc), (lb, _)), out_perm = contraction.einsum_dimension_numbers(
+  ((lc, _), _), out_perm = contraction.einsum_dimension_numbers(
       spec, x.ndim, len(packed.kernel_shape))
   layout = einsum_packing(spec, x.ndim, len(packed.kernel_shape))
   if layout != (packed.kernel_perm, packed.contracted_dims):
