@@ -22,6 +22,7 @@ import jax
 from int4jax import backends, tuning
 from int4jax.backends.base import GPU, quantize_jnp
 from int4jax.kernels import int_gemm as xla_gemm
+from int4jax.kernels import partitioning
 
 logger = logging.getLogger("int4jax")
 
@@ -109,7 +110,17 @@ def _gpu_auto(a, b, contracting, row_scale=None, col_scale=None):
         for name in available_gpu_backends(platform)}
   best = tuning.lookup(choice_key, "xla", candidates, valid=available_gpu_backends(platform))
   _report(BackendChoice("auto", best, platform, False, "tuned lookup"), choice_key)
-  return backends.get(best).scaled_gemm(platform)(a, b, contracting, row_scale, col_scale)
+  return _with_sharding_rule(best, backends.get(best).scaled_gemm(platform), True)(
+      a, b, contracting, row_scale, col_scale)
+
+
+def _with_sharding_rule(name: str, gemm: Callable, scaled: bool) -> Callable:
+  """A kernel backend's GEMM wrapped with its custom_partitioning rule when more than one device
+  is visible (int4jax/kernels/partitioning.py), so that sharded operands stay sharded; XLA's
+  and the reference's jnp dots are partitioned by XLA itself."""
+  if name in ("xla", "reference") or len(jax.devices()) == 1:
+    return gemm
+  return (partitioning.scaled_gemm if scaled else partitioning.int_gemm)(gemm)
 
 
 def scaled_gemm(name: str) -> Callable:
@@ -119,7 +130,8 @@ def scaled_gemm(name: str) -> Callable:
   _report(choice)
   if choice.name == "auto-tuned":
     return _gpu_auto
-  return backends.get(choice.name).scaled_gemm(choice.platform)
+  return _with_sharding_rule(choice.name, backends.get(choice.name).scaled_gemm(choice.platform),
+                             True)
 
 
 def int_gemm(name: str) -> Callable:
@@ -130,7 +142,9 @@ def int_gemm(name: str) -> Callable:
   if choice.name == "auto-tuned":
     return xla_gemm.int_gemm_xla
   raw = backends.get(choice.name).int_gemm
-  return xla_gemm.int_gemm_xla if raw is None else raw(choice.platform)
+  if raw is None:
+    return xla_gemm.int_gemm_xla
+  return _with_sharding_rule(choice.name, raw(choice.platform), False)
 
 
 def quantizer(name: str) -> Callable:
