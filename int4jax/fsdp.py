@@ -68,15 +68,16 @@ def _placer(config, n: int):
   return lambda a, *spec: jax.lax.with_sharding_constraint(a, NamedSharding(mesh, P(*spec)))
 
 
-def gather_quantized_weight(wh: jax.Array, config, quantize: Callable
-                            ) -> Tuple[jax.Array, jax.Array]:
-  """(wv, sw): `quantize(wh)`'s int8 operand (Kp, N) and scale, computed on column shards of `wh`
-  over `config.fsdp_axis` and all-gathered packed (see the module doc)."""
+def gather_quantized_weight(wh: jax.Array, config, quantize: Callable):
+  """(wv, sw, shards): `quantize(wh)`'s int8 operand (Kp, N) and scale, computed on column shards
+  of `wh` over `config.fsdp_axis` and all-gathered packed (see the module doc); `shards` are the
+  packed column shards (None when the columns do not split), which the backward gathers again
+  (`regather`) instead of keeping the whole operand."""
   axis = config.fsdp_axis
   kp, n = wh.shape
   place = _placer(config, n)
   if place is None:
-    return quantize(wh)
+    return quantize(wh) + (None,)
   wh = place(wh, None, axis)
   wv, sw = quantize(wh)
   multipliers = None
@@ -87,11 +88,21 @@ def gather_quantized_weight(wh: jax.Array, config, quantize: Callable
   per_column = sw.ndim == 2
   sw = place(place(sw, None, axis), None, None) if per_column else sw
   if config.forward_bits == 8:
-    return place(place(wv, None, axis), None, None), sw
-  values, multipliers = packing.pack_weight_operand(wv, multipliers)
-  gathered = [place(place(a, axis, None), None, None) if a is not None else None
-              for a in (values, multipliers)]
-  return packing.unpack_weight_operand(*gathered, kp, config.scale_group), sw
+    shards = (place(wv, None, axis),)
+  else:
+    shards = tuple(None if a is None else place(a, axis, None)
+                   for a in packing.pack_weight_operand(wv, multipliers))
+  return regather(shards, config, kp), sw, shards
+
+
+def regather(shards, config, padded: int) -> jax.Array:
+  """The whole int8 operand (padded, N) from its packed column shards: all-gathered (packed
+  bytes on the wire), then unpacked."""
+  place = _placer(config, shards[0].shape[1] if config.forward_bits == 8 else shards[0].shape[0])
+  gathered = [None if a is None else place(a, None, None) for a in shards]
+  if config.forward_bits == 8:
+    return gathered[0]
+  return packing.unpack_weight_operand(*gathered, padded, config.scale_group)
 
 
 def shard_weight_gradient(dwh: jax.Array, config) -> jax.Array:

@@ -143,7 +143,7 @@ def forward_quantize(xh, wh, config: Int4Config, scales: Scales, key=None):
   if config.fsdp_axis is None:
     wq, sw = quantize_w(wh)
   else:  # quantized where FSDP keeps the weight, gathered packed
-    wq, sw = fsdp.gather_quantized_weight(wh, config, quantize_w)
+    wq, sw, _ = fsdp.gather_quantized_weight(wh, config, quantize_w)
   return xq, sx, wq, sw
 
 
@@ -253,14 +253,24 @@ def _int4_matmul(config: Int4Config, xh, wh, scales, key):
 def _forward(config, xh, wh, scales, key):
   op_max = _operand_max(config)
   _check_length(xh.shape[1], op_max, op_max, "forward")
-  xq, sx, wq, sw = forward_quantize(xh, wh, config, scales, key)
+  if config.fsdp_axis is None:
+    xq, sx, wq, sw = forward_quantize(xh, wh, config, scales, key)
+    kept = wq
+  else:  # FSDP: the backward gathers the packed shards again rather than keep the whole wq
+    key_x, key_w = forward_keys(key, config)
+    xq, sx = quantize_operand(xh, 1, config, key_x)
+    wq, sw, shards = fsdp.gather_quantized_weight(
+        wh, config, lambda t: quantize_operand(t, 0, config, key_w))
+    kept = wq if shards is None else shards
   y = backend.scaled_gemm(config.backend)(xq, wq, ((1,), (0,)), sx, sw)
   lsq = (xh, wh, scales) if config.scale_mode == "lsq" else None
-  return y, (xq, sx, wq, sw, key, lsq)
+  return y, (xq, sx, kept, sw, key, lsq, wh.shape[0])
 
 
 def _backward(config, residuals, dy):
-  xq, sx, wq, sw, key, lsq = residuals
+  xq, sx, wq, sw, key, lsq, padded = residuals
+  if isinstance(wq, tuple):  # FSDP's packed shards
+    wq = fsdp.regather(wq, config, padded)
   if key is None and config.needs_key:
     raise ValueError(validation.missing_key_message(config))
   key_dx, key_dw, key_lss = backward_keys(key)

@@ -17,8 +17,10 @@ Bytes: every collective in the optimized HLO (all-gather, all-reduce, reduce-sca
 collective-permute; XLA:CPU's sync forms, see _collectives) counted once per step at the size of
 its result on one device. "block
 weights" are the all-gathers of the INT4 layers' weights, told apart by shape: a gather with as
-many elements as one of those kernels (K x N, or Kp x N after padding; any dtype), the packed
-INT4 gathers (u8) and their per-column scales (f32 (1, N); biases are 1-D). "vs bf16" divides
+many elements as one of those kernels (K x N, or Kp x N after padding; any dtype, any reshape of
+it) whose first or last dim is one of that kernel's, the packed INT4 gathers (u8) and their
+per-column scales (f32 (1, N); biases are 1-D). A heuristic: an activation gather of the same
+size and a matching edge dim would count too. "vs bf16" divides
 that by 2 bytes x the elements of every INT4-layer kernel: gathering each once in bf16. The
 float model keeps f32 params, so its gathers are f32. Step time is the median over `repeats`
 steps, rows interleaved; on forced CPU devices it says little about real interconnects, so read
@@ -76,13 +78,18 @@ def collective_bytes(hlo: str) -> Dict[str, int]:
 
 def weight_gather_bytes(hlo: str, kernels) -> int:
   """Bytes of the all-gathers that carry the (K, N, Kp) `kernels`' weights (module doc)."""
-  sizes = {k * n for k, n, _ in kernels} | {kp * n for _, n, kp in kernels}
   columns = {n for _, n, _ in kernels}
+
+  def is_weight(shape):
+    dims = tuple(d for d in shape if d != 1)
+    return bool(dims) and any(math.prod(dims) in (k * n, kp * n) and
+                              (dims[0] in (k, kp, n) or dims[-1] in (k, kp, n))
+                              for k, n, kp in kernels)
   total = 0
   for kind, shapes in _collectives(hlo):
     for dtype, shape in shapes if kind == "all-gather" else ():
       scale = dtype == "f32" and len(shape) == 2 and shape[0] == 1 and shape[1] in columns
-      if dtype == "u8" or scale or math.prod(shape) in sizes:
+      if dtype == "u8" or scale or is_weight(shape):
         total += _nbytes(dtype, shape)
   return total
 
