@@ -115,6 +115,7 @@ def _attention_inputs():
   return jax.random.normal(jax.random.key(0), (2, 8, 64))
 
 
+@pytest.mark.slow  # over 20 s: the slow run (.ci/run), to keep the default run under 10 min
 def test_linen_attention_projections_einsums_and_dense_layers_all_serve_packed():
   """nn.MultiHeadDotProductAttention's DenseGeneral projections ((64, 4, 16) and (4, 16, 64)
   kernels), an Einsum whose kernel contracts its middle dim (packed transposed) and a Dense layer
