@@ -158,6 +158,22 @@ def packed_contraction(x: jax.Array, packed: PackedWeight) -> jax.Array:
   return y.reshape(free + packed.flat_shape[packed.contracted_dims:])
 
 
+def packed_layer_call(product, inputs: jax.Array, packed: PackedWeight, bias, dtype,
+                      preferred_element_type=None, bias_shape=None) -> jax.Array:
+  """A Flax layer's call from its packed kernel, in training's dtypes and bias order:
+  `product(inputs, packed)` in the layer's dtype (default: inputs, kernel and bias promoted),
+  then the bias, reshaped to `bias_shape` (default: broadcast over the leading dims)."""
+  dtype = dtype or jnp.result_type(inputs.dtype, packed.dtype,
+                                   *([bias.dtype] if bias is not None else []))
+  y = product(inputs.astype(dtype), packed).astype(dtype)
+  if preferred_element_type is not None:
+    y = y.astype(preferred_element_type)
+  if bias is not None:
+    shape = (1,) * (y.ndim - bias.ndim) + bias.shape if bias_shape is None else bias_shape
+    y = y + jnp.reshape(bias.astype(dtype), shape)
+  return y
+
+
 def einsum_packing(spec: str, x_ndim: int, kernel_ndim: int):
   """(kernel_perm, contracted_dims) that export an Einsum layer's kernel for `packed_einsum`
   (kernel_perm () when no transpose is needed), or None when the einsum has batch dims (those

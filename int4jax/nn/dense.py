@@ -13,7 +13,7 @@ import numpy as np
 from flax.core import meta
 
 from int4jax.config import Int4Config
-from int4jax.serving import PackedWeight, packed_contraction
+from int4jax.serving import PackedWeight, packed_contraction, packed_layer_call
 from int4jax.nn.int4_dot import int4_dot_general
 
 
@@ -105,12 +105,7 @@ def _packed_dense_call(layer: nn.Module, inputs: jax.Array, packed: PackedWeight
                      "contract its input's trailing dims without batch dims as the kernel was "
                      "exported; keep its float kernel in the exported params")
   bias = layer.get_variable("params", "bias") if layer.use_bias else None
-  dtype = layer.dtype or jnp.result_type(inputs.dtype, packed.dtype,
-                                         *([bias.dtype] if bias is not None else []))
-  y = packed_contraction(inputs.astype(dtype), packed).astype(dtype)
-  if bias is not None:
-    y = y + jnp.reshape(bias.astype(dtype), (1,) * (y.ndim - bias.ndim) + bias.shape)
-  return y
+  return packed_layer_call(packed_contraction, inputs, packed, bias, layer.dtype)
 
 
 class Dense(nn.Dense):

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 
 from int4jax.config import Int4Config
 from int4jax.nn.int4_dot import int4_einsum
-from int4jax.serving import PackedWeight, packed_einsum
+from int4jax.serving import PackedWeight, packed_einsum, packed_layer_call
 
 
 def einsum_spec(layer: nn.Einsum, einsum_str=None) -> str:
@@ -53,15 +53,12 @@ def _packed_einsum_call(layer: nn.Einsum, spec: str, inputs: jax.Array, packed: 
                         ) -> jax.Array:
   """The layer's call from a packed kernel, in training's dtypes and bias order."""
   bias = layer.get_variable("params", "bias") if layer.use_bias else None
-  dtype = layer.dtype or jnp.result_type(inputs.dtype, packed.dtype,
-                                         *([bias.dtype] if bias is not None else []))
-  y = packed_einsum(spec, inputs.astype(dtype), packed).astype(dtype)
-  if layer.preferred_element_type is not None:
-    y = y.astype(layer.preferred_element_type)
+  shape = None
   if bias is not None:
-    kernel = jax.ShapeDtypeStruct(packed.kernel_shape, dtype)
-    y = y + jnp.reshape(bias.astype(dtype), layer._get_bias_shape(spec, inputs, kernel)[1])
-  return y
+    kernel = jax.ShapeDtypeStruct(packed.kernel_shape, packed.dtype)
+    shape = layer._get_bias_shape(spec, inputs, kernel)[1]
+  return packed_layer_call(lambda x, p: packed_einsum(spec, x, p), inputs, packed, bias,
+                           layer.dtype, layer.preferred_element_type, shape)
 
 
 class Einsum(nn.Einsum):

@@ -16,7 +16,7 @@ from flax import nnx
 from int4jax import contraction
 from int4jax.config import Int4Config
 from int4jax.nnx.linear import Int4Contraction, _stream
-from int4jax.serving import PackedWeight, packed_contraction, packed_einsum
+from int4jax.serving import PackedWeight, packed_contraction, packed_einsum, packed_layer_call
 
 
 def _axes(axes, ndim):
@@ -76,14 +76,8 @@ class LinearGeneral(Int4Contraction, nnx.LinearGeneral):
                        f"its input's last {packed.contracted_dims} dims without batch axes; "
                        "keep this layer's float kernel")
     bias = self.bias[...] if self.bias is not None else None
-    dtype = self.dtype or jnp.result_type(inputs.dtype, packed.dtype,
-                                          *([bias.dtype] if bias is not None else []))
-    y = packed_contraction(inputs.astype(dtype), packed).astype(dtype)
-    if self.preferred_element_type is not None:
-      y = y.astype(self.preferred_element_type)
-    if bias is not None:
-      y = y + jnp.reshape(bias.astype(dtype), (1,) * (y.ndim - bias.ndim) + bias.shape)
-    return y
+    return packed_layer_call(packed_contraction, inputs, packed, bias, self.dtype,
+                             self.preferred_element_type)
 
   @classmethod
   def from_layer(cls, layer: nnx.LinearGeneral, config: Int4Config,
@@ -136,16 +130,12 @@ class Einsum(Int4Contraction, nnx.Einsum):
     """The forward from a packed kernel, in training's dtypes and bias order."""
     packed = self.kernel.get_value()
     bias = self.bias[...] if self.bias is not None else None
-    dtype = self.dtype or jnp.result_type(inputs.dtype, packed.dtype,
-                                          *([bias.dtype] if bias is not None else []))
-    y = packed_einsum(spec, inputs.astype(dtype), packed).astype(dtype)
-    if self.preferred_element_type is not None:
-      y = y.astype(self.preferred_element_type)
+    shape = None
     if bias is not None:
-      kernel = jax.ShapeDtypeStruct(packed.kernel_shape, dtype)
-      y = y + jnp.reshape(bias.astype(dtype),
-                          self._infer_broadcasted_bias_shape(spec, inputs, kernel))
-    return y
+      kernel = jax.ShapeDtypeStruct(packed.kernel_shape, packed.dtype)
+      shape = self._infer_broadcasted_bias_shape(spec, inputs, kernel)
+    return packed_layer_call(lambda x, p: packed_einsum(spec, x, p), inputs, packed, bias,
+                             self.dtype, self.preferred_element_type, shape)
 
   @classmethod
   def from_layer(cls, layer: nnx.Einsum, config: Int4Config,
