@@ -50,6 +50,12 @@ def build_model(task, config, data, variant: str):
                   "gathered as GSPMD chooses", variant)
     rules = tuple(dataclasses.replace(r, config=r.config.replace(fsdp_axis="data"))
                   if wire(r.config) else r for r in rules)
+  data_size = sharding.parse_mesh(config.mesh).get("data", 1) if config.mesh else 1
+  if rules is not None and data_size > 1:
+    # Leverage-score sampling draws each data-parallel device's rows on that device.
+    samples = lambda c: c is not None and c.lss in ("bernoulli", "systematic")
+    rules = tuple(dataclasses.replace(r, config=r.config.replace(lss_blocks=data_size))
+                  if samples(r.config) else r for r in rules)
   return model if rules is None else int4jax.quantize_model(model, rules)
 
 

@@ -84,6 +84,12 @@ class Int4Config:
   lss: LssMode = "off"
   # Fraction of token rows kept (in expectation for "bernoulli"), in (0, 1].
   lss_budget: float = 0.5
+  # Per-block budgets: dW's token rows are sampled in this many equal contiguous blocks, each
+  # water-filled to lss_budget x its rows and drawn on its own (still unbiased). Set it to the
+  # data-parallel size under jit with tokens split over devices, so each device samples its own
+  # rows with no global sort and no cross-device row gather; the token count must divide by it.
+  # Inside shard_map each shard already sees only its rows: leave it at 1 there.
+  lss_blocks: int = 1
   # Run the bit-split (hi, lo) pair as ONE int8 GEMM of R*hi + lo (bit-identical to two INT4
   # GEMMs on int8 hardware; False runs the two INT4 GEMMs, as INT4 tensor cores would).
   fuse_bitsplit: bool = True
@@ -135,6 +141,9 @@ class Int4Config:
     if self.fsdp_axis is not None and self.scale_levels > 16:
       raise ValueError("Int4Config: fsdp_axis packs the group multipliers in 4 bits; set "
                        f"scale_levels <= 16 (got {self.scale_levels})")
+    if isinstance(self.lss_blocks, bool) or not (isinstance(self.lss_blocks, int)
+                                                   and self.lss_blocks >= 1):
+      raise ValueError(f"Int4Config.lss_blocks must be an int >= 1, got {self.lss_blocks!r}")
     if not 0.0 < self.lss_budget <= 1.0:
       raise ValueError(f"Int4Config.lss_budget must be in (0, 1], got {self.lss_budget!r}")
 

@@ -206,31 +206,47 @@ def _quantized_product(g, reduce_axes, gemm_with, config: Int4Config, key):
 
 def sampling_plan(scores, config: Int4Config, key):
   """Which token rows dW's GEMM keeps and their weights, from the rows' leverage scores:
-  (indices or None for all rows, per-kept-row weights or None for no reweighting)."""
+  (indices (blocks, n) within each of the `config.lss_blocks` contiguous row blocks, or None for
+  all rows; per-kept-row weights, or None for no reweighting)."""
   m = scores.shape[0]
   if config.lss == "off" or m == 0:
     return None, None
   if config.lss == "nonzero":
     return None, sampling.nonzero_weights(scores)
+  blocks = config.lss_blocks
+  if m % blocks:
+    raise ValueError(f"Int4Config(lss_blocks={blocks}) samples dW's {m} token rows in {blocks} "
+                     "equal blocks; set lss_blocks to a divisor of the token count (the "
+                     "data-parallel size), or 1")
+  rows = m // blocks
+  # Each block is water-filled to its own share of the budget (no sort across blocks).
+  per_block = lambda s, budget: (sampling.leverage_probabilities(s[0], budget)[None] if blocks == 1
+                                 else jax.vmap(sampling.leverage_probabilities, (0, None))(
+                                     s, budget))
+  scores = scores.reshape(blocks, rows)
   if config.lss == "bernoulli":
-    p = sampling.leverage_probabilities(scores, config.lss_budget * m)
-    return None, sampling.bernoulli_weights(key, p)
-  n = max(1, round(config.lss_budget * m))
-  if n >= m:
+    p = per_block(scores, config.lss_budget * rows)
+    return None, sampling.bernoulli_weights(key, p.reshape(m))
+  n = max(1, round(config.lss_budget * rows))
+  if n >= rows:
     return None, None
-  p = sampling.leverage_probabilities(scores, n)
+  p = per_block(scores, n)
   idx, filled = sampling.systematic_indices(key, p, n)
-  p_kept = p[idx]
+  p_kept = jnp.take_along_axis(p, idx, axis=1)
   keep = filled & (p_kept > 0)  # empty slots (padded batches) and p = 0 rows weigh nothing
   inverse = jnp.where(keep, 1.0 / jnp.where(keep, p_kept, 1.0), 0.0)
-  return idx, inverse
+  return idx, inverse.reshape(-1)
 
 
 def apply_plan(plan, weighted, *others):
-  """Rows of `weighted` kept and reweighted by `plan`, and the same rows of each of `others`."""
+  """Rows of `weighted` kept and reweighted by `plan`, and the same rows of each of `others`.
+  Rows are gathered within their block, so a block that lives on one device stays there."""
   idx, weights = plan
   if idx is not None:
-    weighted, others = weighted[idx], tuple(o[idx] for o in others)
+    blocks = idx.shape[0]
+    pick = lambda a: (a[idx[0]] if blocks == 1 else jnp.take_along_axis(
+        a.reshape(blocks, -1, a.shape[-1]), idx[:, :, None], axis=1).reshape(-1, a.shape[-1]))
+    weighted, others = pick(weighted), tuple(pick(o) for o in others)
   if weights is not None:
     weighted = weighted * weights[:, None]
   return (weighted,) + tuple(others)

@@ -173,28 +173,40 @@ def water_fill(scores, budget):
 
 def sampled_rows(dy_scaled, x_deq, config: Int4Config, key):
   """(rows of dY * s_X weighted by 1/p, the same rows of x_deq), as the op's sampling picks them
-  (scores ||dY_i s_X,i|| ||x_deq,i||, with x_deq X's integer values)."""
+  (scores ||dY_i s_X,i|| ||x_deq,i||, with x_deq X's integer values), block by block when
+  config.lss_blocks > 1 (each block water-filled to its share of the budget)."""
   m = dy_scaled.shape[0]
   if config.lss == "off" or m == 0:
     return dy_scaled, x_deq
   scores = jnp.linalg.norm(dy_scaled, axis=1) * jnp.linalg.norm(x_deq, axis=1)
   if config.lss == "nonzero":
     return dy_scaled * (scores != 0)[:, None], x_deq
+  blocks = config.lss_blocks
+  if m % blocks:
+    raise ValueError(f"lss_blocks={blocks} does not divide the {m} token rows")
+  size = m // blocks
+  starts = [b * size for b in range(blocks)]
   if config.lss == "bernoulli":
-    p = water_fill(scores, config.lss_budget * m)
+    p = jnp.concatenate([water_fill(scores[a:a + size], config.lss_budget * size)
+                         for a in starts])
     kept = jax.random.uniform(key, (m,)) < p
     return dy_scaled * jnp.where(kept, 1.0 / jnp.where(kept, p, 1.0), 0.0)[:, None], x_deq
-  n = max(1, round(config.lss_budget * m))
-  if n >= m:
+  n = max(1, round(config.lss_budget * size))
+  if n >= size:
     return dy_scaled, x_deq
-  p = water_fill(scores, n)
-  edges = jnp.cumsum(p)
-  total = jnp.minimum(n, jnp.round(edges[-1]))
-  edges = edges / jnp.where(edges[-1] > 0, edges[-1], 1.0) * total
-  points = jax.random.uniform(key, ()) + jnp.arange(n)
-  # Row i holds the points in [edges[i-1], edges[i]); count the edges at or below each point.
-  rows = jnp.minimum((edges[None, :] <= points[:, None]).sum(axis=1), m - 1)
-  weight = jnp.where((points < total) & (p[rows] > 0), 1.0 / p[rows], 0.0)
+  offsets = jax.random.uniform(key, (blocks,))
+  rows, weights = [], []
+  for b, a in enumerate(starts):
+    p = water_fill(scores[a:a + size], n)
+    edges = jnp.cumsum(p)
+    total = jnp.minimum(n, jnp.round(edges[-1]))
+    edges = edges / jnp.where(edges[-1] > 0, edges[-1], 1.0) * total
+    points = offsets[b] + jnp.arange(n)
+    # Row i holds the points in [edges[i-1], edges[i]); count the edges at or below each point.
+    picked = jnp.minimum((edges[None, :] <= points[:, None]).sum(axis=1), size - 1)
+    weights.append(jnp.where((points < total) & (p[picked] > 0), 1.0 / p[picked], 0.0))
+    rows.append(a + picked)
+  rows, weight = jnp.concatenate(rows), jnp.concatenate(weights)
   return dy_scaled[rows] * weight[:, None], x_deq[rows]
 
 

@@ -68,6 +68,17 @@ def test_bad_key_and_config_types():
     int4_linear(x, w, scales=(1.0, 1.0))
 
 
+@pytest.mark.parametrize("lss", ["bernoulli", "systematic"])
+def test_sampling_blocks_must_be_positive_and_divide_the_tokens(lss):
+  for bad in (0, 2.0, True):
+    with pytest.raises(ValueError, match="lss_blocks must be an int >= 1"):
+      Int4Config(lss=lss, lss_blocks=bad)
+  x, w = make_xw(6, 32, 8)
+  config = Int4Config(lss=lss, lss_blocks=4)
+  with pytest.raises(ValueError, match="set lss_blocks to a divisor of the token count"):
+    jax.grad(lambda w: jnp.sum(int4_linear(x, w, key=jax.random.key(0), config=config)))(w)
+
+
 @pytest.mark.parametrize("k_in", [1, 17, 137, 200])
 def test_contraction_not_divisible_by_block_is_zero_padded(k_in):
   """Documented: `in` is zero-padded to a multiple of the block; the result is the same as

@@ -83,6 +83,19 @@ def test_fsdp_gathers_int4_for_dynamic_scales_and_leaves_learned_ones_to_gspmd(l
              for c in configs(fsdp.replace(mesh="data=4,model=2"), "int4"))
 
 
+def test_on_a_data_parallel_mesh_each_device_samples_its_own_rows(lm):
+  """Variants with leverage-score sampling get one sampling block per data-parallel device
+  (Int4Config.lss_blocks); without a mesh, or without sampling, the configs are unchanged."""
+  config, task, data = lm
+
+  def blocks(config, variant):
+    return {r.config.lss_blocks for r in train.build_model(task, config, data, variant).rules
+            if r.config}
+  assert blocks(config.replace(mesh="data=4,model=2"), "int4-paper") == {4}
+  assert blocks(config, "int4-paper") == {1}
+  assert blocks(config.replace(mesh="data=4,model=2"), "int4") == {1}  # lss="off"
+
+
 @pytest.mark.slow  # over 20 s each: the slow run (.ci/run)
 @pytest.mark.parametrize("mesh,fsdp", [("data=8", False), ("data=2,model=4", False),
                                        ("data=4,model=2", True), ("data=8", True)])
@@ -144,6 +157,53 @@ def test_data_parallel_under_jit_draws_the_same_bits_as_one_device(config, bitwi
       np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     else:
       np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-4)
+
+
+def test_a_row_parallel_layer_all_reduces_only_row_ranges_and_int32_sums():
+  """Contraction split over "model" (row-parallel), tokens over "data": each device quantizes its
+  K slice (Hadamard blocks and scale groups lie inside it), and the only collectives are the max
+  all-reduce of the per-row ranges of X (M/2 floats per device) and per-column ranges of W, and
+  the exact int32 sum of the output; no operand is gathered, and y equals one device bitwise."""
+  mesh = jax.make_mesh((2, 4), ("data", "model"), axis_types=(jax.sharding.AxisType.Auto,) * 2)
+  x = jax.random.normal(jax.random.key(0), (32, 256))
+  w = jax.random.normal(jax.random.key(1), (256, 64)) * 0.1
+  xs = jax.device_put(x, NamedSharding(mesh, P("data", "model")))
+  ws = jax.device_put(w, NamedSharding(mesh, P("model", None)))
+  forward = jax.jit(lambda x, w: int4jax.int4_linear(x, w))
+  hlo = forward.lower(xs, ws).compile().as_text()
+  collectives = re.findall(r"= (\(?[\w\[\],{}\s]*?\)?) (all-\w+|reduce-scatter|collective-\w+)\(",
+                           hlo)
+  assert {kind for _, kind in collectives} == {"all-reduce"}, collectives
+  reduced = sorted(re.findall(r"\w+\[[\d,]*\]", " ".join(shapes for shapes, _ in collectives)))
+  assert reduced == ["f32[16]", "f32[64]", "s32[16,64]"], reduced
+  np.testing.assert_array_equal(np.asarray(forward(xs, ws)), np.asarray(forward(x, w)))
+
+
+@pytest.mark.parametrize("lss", ["bernoulli", "systematic"])
+def test_per_block_sampling_keeps_each_devices_rows_on_it(lss):
+  """Int4Config(lss_blocks=8) on 8 data-parallel devices: each device water-fills and draws its
+  own 16 token rows, so the compiled gradient gathers nothing and sorts only (1, 16) blocks, and
+  it equals one device running the same blocks (to float rounding: dW is reweighted in float and
+  summed in another order). With one block the scores are gathered for a global sort."""
+  mesh = jax.make_mesh((8,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
+  x = jax.random.normal(jax.random.key(0), (16, 8, 64))
+  w = jax.random.normal(jax.random.key(1), (64, 48)) * 0.1
+  placed = (jax.device_put(w, NamedSharding(mesh, P())),
+            jax.device_put(x, NamedSharding(mesh, P("data"))))
+
+  def step(blocks):
+    config = int4jax.Int4Config(lss=lss, lss_blocks=blocks)
+    return jax.jit(jax.value_and_grad(lambda w, x: (int4jax.int4_linear(
+        x, w, key=jax.random.key(2), config=config) ** 2).sum(), argnums=(0, 1)))
+
+  local, whole = step(8), step(1)
+  hlo = local.lower(*placed).compile().as_text()
+  assert "all-gather" not in hlo
+  sorts = set(re.findall(r"= f32\[([\d,]*)\]\S* sort\(", hlo))
+  assert sorts == {"1,16"}, sorts
+  assert "all-gather" in whole.lower(*placed).compile().as_text()
+  for a, b in zip(jax.tree.leaves(local(*placed)), jax.tree.leaves(local(w, x))):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-4)
 
 
 def _compiled_step(task, config, data, mesh):

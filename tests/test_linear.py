@@ -23,6 +23,8 @@ CONFIGS = {
     "bernoulli": Int4Config(lss="bernoulli", lss_budget=0.5),
     "systematic": Int4Config(lss="systematic", lss_budget=0.5),
     "nonzero": Int4Config(lss="nonzero"),
+    "bernoulli-2-blocks": Int4Config(lss="bernoulli", lss_blocks=2),
+    "systematic-2-blocks": Int4Config(lss="systematic", lss_blocks=2),
     "unfused": Int4Config(fuse_bitsplit=False),
     "no-hadamard": Int4Config(hadamard_block=1),
     "reference-backend": Int4Config(backend="reference"),
@@ -54,12 +56,14 @@ def float_grads(x, w, b, cot):
 # The default run compares these configs at one shape; the slow run (.ci/run) every config at
 # every shape, one token and odd sizes included.
 DEFAULT_RUN = ("default", "tensor", "full-range", "float-grads", "systematic", "int8-forward",
-               "forward-stochastic", "per-row-one-level")
+               "forward-stochastic", "per-row-one-level", "systematic-2-blocks")
 
 
 def _reference_cases():
   for name in sorted(CONFIGS):
     for shape in [(64, 96, 48), (1, 137, 1), (50, 40, 137)]:
+      if shape[0] % CONFIGS[name].lss_blocks:
+        continue  # blocks must divide the tokens (tests/test_bad_input.py)
       fast = name in DEFAULT_RUN and shape == (64, 96, 48)
       yield pytest.param(name, *shape, marks=() if fast else pytest.mark.slow)
 
@@ -208,17 +212,20 @@ def test_sampling_half_of_equal_rows_costs_gradient_accuracy():
   assert cos_off > 0.97 and 0.5 < cos_lss < 0.85, (cos_off, cos_lss)
 
 
-@pytest.mark.parametrize("lss,levels,zero_rows", [
-    (lss, 16, zero_rows) for lss in ("off", "nonzero", "bernoulli", "systematic")
-    for zero_rows in (0, 44)] + [("bernoulli", 1, 44), ("systematic", 1, 44)])
-def test_dw_is_unbiased_over_keys(lss, levels, zero_rows):
+@pytest.mark.parametrize("lss,levels,zero_rows,blocks", [
+    (lss, 16, zero_rows, 1) for lss in ("off", "nonzero", "bernoulli", "systematic")
+    for zero_rows in (0, 44)] + [("bernoulli", 1, 44, 1), ("systematic", 1, 44, 1),
+                                 ("bernoulli", 16, 44, 4), ("systematic", 16, 44, 4)])
+def test_dw_is_unbiased_over_keys(lss, levels, zero_rows, blocks):
   """E over keys of dW (stochastic bit split + sampling) = the unquantized-dY estimator, also on
-  a padded batch: 44 of 64 dY rows exactly zero, fewer non-zero rows than the budget of 16."""
+  a padded batch: 44 of 64 dY rows exactly zero, fewer non-zero rows than the budget of 16. With
+  4 blocks of 16 rows (per-block budgets of 4) two blocks are all padding and one has 4 rows."""
   x, w = make_xw(64, 32, 16, seed=5)
   cot = jax.random.normal(jax.random.key(10), (64, 16)) * jnp.exp(
       jax.random.normal(jax.random.key(11), (64, 1)))
   cot = cot.at[64 - zero_rows:].set(0.0)
-  config = Int4Config(lss=lss, lss_budget=0.25, scale_levels=levels, scale_group=8)
+  config = Int4Config(lss=lss, lss_budget=0.25, scale_levels=levels, scale_group=8,
+                      lss_blocks=blocks)
   float_grads_config = config.replace(grad_mode="float", lss="off")
   target = jax.vjp(lambda w: int4_linear(x, w, config=float_grads_config), w)[1](cot)[0]
   n = 4000

@@ -43,7 +43,7 @@ def _dw_after(x, w, dy, config, key):
   _, key_dw, key_lss = jax.random.split(key, 3)
   scores = jnp.linalg.norm(g, axis=1) * jnp.linalg.norm(xq.astype(jnp.float32), axis=1)
   idx, weights = sampling_plan(scores, config, key_lss)
-  rows = jnp.arange(g.shape[0]) if idx is None else idx
+  rows = jnp.arange(g.shape[0]) if idx is None else idx.reshape(-1)  # one block
   if weights is None:
     weights = jnp.ones(rows.shape)
   v_max = 119

@@ -10,6 +10,10 @@ Three ways to draw the rows:
 - `systematic_indices`: `n` row slots with inclusion probabilities exactly p_i (systematic
   sampling on the cumulative sums), so the GEMM really shrinks to n rows. Also unbiased. When
   fewer than n rows have a non-zero score (padded batches), the slots past them stay empty.
+- Per-block budgets (`Int4Config.lss_blocks`): the rows split into equal contiguous blocks, each
+  water-filled to its own share of the budget and drawn on its own. Each block's p_i are valid
+  inclusion probabilities, so the estimate stays unbiased; with one block per data-parallel
+  device no device needs another's scores or rows.
 - `nonzero_weights`: keep every row with a non-zero score (what the paper's released code does:
   it only skips exactly-zero rows, e.g. padding). Numerically identical to no sampling.
 """
@@ -62,24 +66,30 @@ def nonzero_weights(scores: jax.Array) -> jax.Array:
 
 
 def systematic_indices(key: jax.Array, p: jax.Array, n: int) -> Tuple[jax.Array, jax.Array]:
-  """n row slots by systematic sampling: (indices (n,), filled (n,) bool).
+  """n row slots by systematic sampling: (indices (..., n), filled (..., n) bool).
 
-  p: inclusion probabilities, p_i <= 1, summing to n or, when fewer than n rows have a non-zero
-  score (padding), to that count (an integer: those rows all have p = 1). One uniform offset u;
-  the points u, u+1, ..., u+n-1 fall into the intervals of the cumulative sums of p, and each
-  interval (length p_i <= 1) holds a point with probability exactly p_i, so row i is picked
-  with probability p_i and at most once. Points past sum(p) are empty slots (filled=False,
-  index clamped to the last row): give them weight 0.
+  p: inclusion probabilities along the last axis, p_i <= 1, summing to n or, when fewer than n
+  rows have a non-zero score (padding), to that count (an integer: those rows all have p = 1).
+  Leading axes are independent blocks (per-block budgets, `Int4Config.lss_blocks`): block b draws
+  its own offset u_b, the b-th value of `jax.random.uniform(key, p.shape[:-1])`. The points
+  u, u+1, ..., u+n-1 fall into the intervals of the cumulative sums of p, and each interval
+  (length p_i <= 1) holds a point with probability exactly p_i, so row i is picked with
+  probability p_i and at most once. Points past sum(p) are empty slots (filled=False, index
+  clamped to the last row): give them weight 0. Indices are within the block.
   """
   if n <= 0:
     raise ValueError(f"systematic_indices needs n >= 1, got {n}")
-  cum = jnp.cumsum(p)
-  total = cum[-1]
+  cum = jnp.cumsum(p, axis=-1)
+  total = cum[..., -1:]
   # sum(p) is n or an integer count up to float rounding; snap it so that rounding neither drops
   # the last point nor adds one.
   target = jnp.minimum(jnp.float32(n), jnp.round(total))
   cum = cum * jnp.where(total > 0, target / jnp.where(total > 0, total, 1.0), 0.0)
-  cum = cum.at[-1].set(target)
-  points = jax.random.uniform(key, ()) + jnp.arange(n, dtype=jnp.float32)
-  idx = jnp.searchsorted(cum, points, side="right")
-  return jnp.minimum(idx, p.shape[0] - 1).astype(jnp.int32), points < target
+  cum = cum.at[..., -1].set(target[..., 0])
+  slots = jnp.arange(n, dtype=jnp.float32).reshape((1,) * (p.ndim - 1) + (n,))
+  points = jax.random.uniform(key, p.shape[:-1] + (1,)) + slots
+  search = lambda c, x: jnp.searchsorted(c, x, side="right")
+  for _ in range(p.ndim - 1):
+    search = jax.vmap(search)
+  idx = search(cum, points)
+  return jnp.minimum(idx, p.shape[-1] - 1).astype(jnp.int32), points < target
