@@ -3,7 +3,10 @@
 from typing import Optional, Sequence
 
 import flax.linen as nn
+import jax
 from flax import nnx
+
+from int4jax import contraction_scan
 
 from int4jax.config import Int4Config
 from int4jax.nn.quantize import QuantizedModel, quantize_linen
@@ -55,7 +58,10 @@ def quantization_plan(model, *example_args, **example_kwargs) -> QuantizationPla
   `.skipped` {path: why a contraction there stays float} and `.describe()` listing them all
   (int4jax.rules.QuantizationPlan). Linen: a QuantizedModel traced on example inputs (shapes
   are enough). NNX: the model's Linear / LinearGeneral / Einsum layers as they are now; a float
-  Einsum whose equation is not an INT4 GEMM is listed as skipped. Also `int4jax.plan`."""
+  Einsum whose equation is not an INT4 GEMM is listed as skipped. With example inputs (required
+  for linen, optional for NNX) the forward is traced, and every module that contracts outside
+  those layers (attention's QK^T and weights x V, a tied head) is listed as skipped too
+  (int4jax.contraction_scan). Also `int4jax.plan`."""
   if isinstance(model, QuantizedModel):
     if not example_args and not example_kwargs:
       raise TypeError("quantization_plan(model, *example_inputs): a linen model's layers are "
@@ -63,9 +69,6 @@ def quantization_plan(model, *example_args, **example_kwargs) -> QuantizationPla
                       "enough: jax.ShapeDtypeStruct works)")
     return model.plan(*example_args, **example_kwargs)
   if isinstance(model, nnx.Module):
-    if example_args or example_kwargs:
-      raise TypeError("quantization_plan(nnx_model): an NNX model's layers are known without "
-                      "example inputs; call it with the model alone")
     layer_types = tuple(t for t, _ in NNX_SWAPS)
     result = QuantizationPlan()
     for path, node in nnx.iter_graph(model):
@@ -80,9 +83,28 @@ def quantization_plan(model, *example_args, **example_kwargs) -> QuantizationPla
           result.contracted_dims[name] = layout[1]
           if layout[0]:
             result.kernel_perms[name] = layout[0]
+    if example_args or example_kwargs:
+      for path, count in _nnx_unowned_contractions(model, example_args, example_kwargs).items():
+        result.skipped.setdefault(path, contraction_scan.describe(count))
     return result
   raise TypeError(f"quantization_plan: expected a QuantizedModel or an nnx.Module, got "
                   f"{type(model).__name__}")
 
 
 plan = quantization_plan
+
+
+def _nnx_unowned_contractions(model, args, kwargs):
+  """contraction_scan.unowned_contractions of the NNX model's forward on these inputs, traced on
+  a merged copy (shapes are enough; the model's state is untouched)."""
+  graphdef, state = nnx.split(model)
+  layer_types = tuple(t for t, _ in NNX_SWAPS)
+  layers = ["/".join(str(p) for p in path) for path, node in nnx.iter_graph(model)
+            if isinstance(node, layer_types)]
+  with contraction_scan.scoped_nnx_calls(model) as set_paths:
+    def forward(state, *a):
+      traced = nnx.merge(graphdef, state)
+      set_paths(traced)
+      return traced(*a, **kwargs)  # keyword flags stay static
+    jaxpr = jax.make_jaxpr(forward)(state, *args)
+  return contraction_scan.unowned_contractions(jaxpr, layers)

@@ -183,3 +183,40 @@ def test_a_linen_einsum_that_is_not_a_gemm_stays_float(caplog):
              for r in caplog.records)
   variables = model.init(jax.random.key(0), x)
   assert model.apply(variables, x).shape == (2, 3, 5)
+
+
+def test_an_nnx_plan_on_example_inputs_lists_attentions_own_contractions():
+  """Traced on an input, the NNX plan also lists the module that contracts outside its layers:
+  MultiHeadAttention's QK^T and weights x V (2), stay float. Without inputs it lists layers only,
+  and the module classes it patched to tag the trace are restored."""
+  model = _external_gpt_block(32, nnx.Rngs(0))
+  int4jax.quantize_model(model, exclude=[r"head"], rngs=nnx.Rngs(quant=0))
+  call = nnx.MultiHeadAttention.__call__
+  plan = int4jax.plan(model, jax.ShapeDtypeStruct((2, 8, 32), jnp.float32))
+  assert set(plan.skipped) == {"attn"} and plan.skipped["attn"].startswith("2 contractions ")
+  assert "attn: skipped, stays float: 2 contractions outside a Dense/Einsum layer" in (
+      plan.describe())
+  assert sorted(p for p, c in plan.items() if c is not None) == [
+      "attn/key", "attn/out", "attn/query", "attn/value", "down", "up"]
+  assert int4jax.plan(model).skipped == {}
+  assert nnx.MultiHeadAttention.__call__ is call
+
+
+def test_a_linen_plan_lists_contractions_outside_layers_by_module():
+  """Linen: attention's two activation contractions under its module's path, and a tied output
+  head written as `x @ embedding.T` in the root module under <root>."""
+  class Model(nn.Module):
+    @nn.compact
+    def __call__(self, tokens):
+      embed = nn.Embed(50, 16, name="embed")
+      h = nn.MultiHeadDotProductAttention(num_heads=2, name="attn")(embed(tokens))
+      h = nn.Dense(16, name="mlp")(h)
+      return h @ embed.embedding.T
+
+  plan = int4jax.plan(int4jax.quantize_model(Model()), jnp.zeros((2, 8), jnp.int32))
+  assert {p: c is not None for p, c in plan.items()} == {
+      "attn/query": True, "attn/key": True, "attn/value": True, "attn/out": True, "mlp": True}
+  assert set(plan.skipped) == {"attn", ""}, plan.skipped
+  assert plan.skipped["attn"].startswith("2 contractions ")
+  assert plan.skipped[""].startswith("1 contraction ")
+  assert "<root>: skipped, stays float: 1 contraction outside" in plan.describe()

@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 
 from int4jax.config import Int4Config
-from int4jax import contraction
+from int4jax import contraction, contraction_scan
 from int4jax.nn.dense import Dense, DenseGeneral, int4_dense_call, packed_dims
 from int4jax.nn.einsum import Einsum, einsum_spec, int4_einsum_call
 from int4jax.nn import raw_contractions
@@ -166,12 +166,19 @@ class QuantizedModel(nn.Module):
     float and why (int4jax.rules.QuantizationPlan)."""
     record = QuantizationPlan()
 
+    def scope(next_fun, args, kwargs, context):
+      with contraction_scan.module_scope(_module_path(context.module)):
+        return next_fun(*args, **kwargs)
+
     def init(*a, **k):
-      with nn.intercept_methods(_interceptor(self.rules, record, False)), \
+      with nn.intercept_methods(scope), \
+          nn.intercept_methods(_interceptor(self.rules, record, False)), \
           _raw(self.rules, record, False, self.intercept_raw):
         return self.model.init(jax.random.key(0), *a, **k)
 
-    jax.eval_shape(init, *args, **kwargs)
+    traced = jax.make_jaxpr(lambda *a: init(*a, **kwargs))(*args)  # keyword flags stay static
+    for path, count in contraction_scan.unowned_contractions(traced, record).items():
+      record.skipped.setdefault(path, contraction_scan.describe(count))
     check_all_match(self.rules, record, self.strict)
     return record
 

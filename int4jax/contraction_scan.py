@@ -1,0 +1,96 @@
+"""The contractions of a traced forward pass that no linear layer owns, by module path.
+
+`int4jax.plan(model, *example_inputs)` lists every layer (INT4 or float). A model also contracts
+outside its layers: attention's QK^T and weights x V, a tied output head written as `x @ E.T`, a
+module's own `lax.dot_general`. Those stay float. To name where they are, the plan traces the
+forward with each module call inside a `jax.named_scope` that carries the module's path
+(`module_scope`), then walks the jaxpr (`unowned_contractions`): every dot_general whose innermost
+module is not one of the plan's layers is reported under that module's path ("" for the root).
+Nothing is computed; the scopes only tag the trace.
+"""
+
+import contextlib
+import re
+from typing import Dict, Iterable
+
+import jax
+import jax.extend as jex
+
+_MARK = "int4jax<{}>"
+_FIND = re.compile(r"int4jax<([^<>]*)>")
+
+WHY = ("outside a Dense/Einsum layer (activations with activations, as attention's QK^T and "
+       "weights x V, or a weight the module applies itself): int4jax quantizes layers")
+
+
+def module_scope(path: str):
+  """A named scope marking the code traced inside it as module `path`'s."""
+  return jax.named_scope(_MARK.format(path))
+
+
+def _dots(jaxpr, prefix: str):
+  """(name stack, eqn) for each dot_general, in sub-jaxprs too (their stacks are relative)."""
+  for eqn in jaxpr.eqns:
+    stack = f"{prefix}/{eqn.source_info.name_stack}"
+    if eqn.primitive.name == "dot_general":
+      yield stack, eqn
+    for sub in jex.core.jaxprs_in_params(eqn.params):
+      yield from _dots(sub, stack)
+
+
+def unowned_contractions(closed_jaxpr, layer_paths: Iterable[str]) -> Dict[str, int]:
+  """{module path: how many dot_generals it runs outside the layers in `layer_paths`}."""
+  layers = set(layer_paths)
+  found: Dict[str, int] = {}
+  for stack, _ in _dots(closed_jaxpr.jaxpr, ""):
+    marks = _FIND.findall(stack)
+    owner = marks[-1] if marks else ""
+    if owner in layers:
+      continue
+    found[owner] = found.get(owner, 0) + 1
+  return found
+
+
+def describe(count: int) -> str:
+  """The plan's reason for a module with `count` such contractions."""
+  return f"{count} contraction{'s' if count != 1 else ''} {WHY}"
+
+
+def _scoped(call, paths):
+  def wrapped(self, *args, **kwargs):
+    path = paths.get(id(self))
+    if path is None:
+      return call(self, *args, **kwargs)
+    with module_scope(path):
+      return call(self, *args, **kwargs)
+  return wrapped
+
+
+@contextlib.contextmanager
+def scoped_nnx_calls(model):
+  """While active, every `__call__` of the NNX module classes in `model` runs inside
+  `module_scope(path)` for the instances registered by the yielded `set_paths(traced_model)`
+  (call it on the merged copy being traced: paths are its graph paths). The classes' `__call__`
+  are patched for the duration and restored after (not thread-safe: for planning only)."""
+  from flax import nnx
+  paths: Dict[int, str] = {}
+  patched = {}
+  for _, node in nnx.iter_graph(model):
+    if not isinstance(node, nnx.Module):
+      continue
+    owner = next((c for c in type(node).__mro__ if "__call__" in c.__dict__), None)
+    if owner is None or owner in patched:
+      continue
+    patched[owner] = owner.__dict__["__call__"]
+    owner.__call__ = _scoped(patched[owner], paths)
+
+  def set_paths(traced_model):
+    paths.clear()
+    for path, node in nnx.iter_graph(traced_model):
+      if isinstance(node, nnx.Module):
+        paths[id(node)] = "/".join(str(p) for p in path)
+  try:
+    yield set_paths
+  finally:
+    for owner, call in patched.items():
+      owner.__call__ = call
