@@ -34,14 +34,18 @@ import numpy as np
 import optax
 
 import int4jax
-from experiments import sharding, tasks, variants
+from experiments import baselines, sharding, tasks, variants
 
 logger = logging.getLogger("experiments")
 
 
 def build_model(task, config, data, variant: str):
-  """The task's float model, with the variant's INT4 rules applied (fp32: unchanged)."""
+  """The task's float model, with the variant's INT4 rules applied (fp32: unchanged; bf16 and
+  fp8: the same layers as low-precision float GEMMs, experiments.baselines)."""
   model = task.model(config, data)
+  baseline = variants.VARIANTS[variant].baseline if variant in variants.VARIANTS else None
+  if baseline is not None:
+    return baselines.LowPrecisionModel(model, baseline, tuple(task.float_layers))
   rules = variants.rules_for(variant, task.float_layers, task.layer_groups)
   if rules is not None and sharding.gathers_int4(config):
     wire = lambda c: c is not None and c.scale_mode != "lsq"  # learned scales: not packable
@@ -130,8 +134,9 @@ def _first_bad_loss(losses, first_step: int):
 
 def tune_step(variant: str, train_step, state, batch) -> None:
   """On GPU, times the kernel choices of an INT4 step's GEMM shapes (int4jax.tune) before jit
-  fixes them; nothing to do on CPU or for fp32."""
-  if variant != "fp32" and int4jax.describe_backend("auto").name == "auto-tuned":
+  fixes them; nothing to do on CPU or for the float variants."""
+  if (variants.VARIANTS[variant].config is not None
+      and int4jax.describe_backend("auto").name == "auto-tuned"):
     int4jax.tune(train_step, state, batch)
 
 

@@ -22,6 +22,8 @@
   mlp-float         int4 on the attention projections only; the MLP layers stay float
   int4-qk8          int4, with the attention's query and key projections at 8 bits forward
                     (forward_bits=8: the softmax sees less logit noise; the same int8 GEMM)
+  bf16, fp8         float baselines for speed (experiments.baselines): the same layers' GEMMs
+                    in bfloat16, or FP8 via XLA with per-tensor scales; not in the default runs
 
 Every INT4 variant keeps the task's head (classifier, lm_head) float, as the paper does; the
 embeddings are not linear layers. Which layers a task calls "attn" and "mlp" is its
@@ -42,6 +44,9 @@ class Variant:
   config: Optional[Int4Config]  # the block layers' config; None: the float baseline
   # (task layer group, its config; None: float), overriding `config` for that group's layers
   groups: Tuple[Tuple[str, Optional[Int4Config]], ...] = ()
+  # with config None: run the INT4 variants' layers as these float GEMMs ("bf16" or "fp8",
+  # experiments.baselines) instead of float32
+  baseline: Optional[str] = None
 
 
 VARIANTS: Dict[str, Variant] = {
@@ -61,7 +66,11 @@ VARIANTS: Dict[str, Variant] = {
     "mlp-float": Variant(Int4Config(), groups=(("mlp", None),)),
     "int4-qk8": Variant(Int4Config(), groups=(("qk", Int4Config(forward_bits=8,
                                                                 scale_levels=1)),)),
+    "bf16": Variant(None, baseline="bf16"),
+    "fp8": Variant(None, baseline="fp8"),
 }
+# What an experiment runs unless told otherwise: every variant but the speed baselines.
+DEFAULT_VARIANTS = tuple(name for name, v in VARIANTS.items() if v.baseline is None)
 
 
 def rules_for(variant: str, float_layers: Tuple[str, ...] = (),

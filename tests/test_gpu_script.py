@@ -33,5 +33,6 @@ def test_gpu_script_runs_every_stage_and_writes_the_raw_json(tmp_path):
   assert gemm["xla-int8"]["median_ms"] > 0 and gemm["pallas"]["median_ms"] > 0
   assert "Hopper" in gemm["mosaic"]["error"]  # a GPU-only row says why, never goes missing
   steps = json.loads((out / "bench_train_step_gpt2.json").read_text())["rows"]
-  assert [r["variant"] for r in steps] == ["fp32", "int4"]
+  assert [r["variant"] for r in steps] == ["bf16", "fp8", "int4"]
+  assert all(r["ratio_vs_bf16"] > 0 for r in steps)
   assert "skipped" in (out / "tests.txt").read_text()

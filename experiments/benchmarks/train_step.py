@@ -1,12 +1,14 @@
-"""Training-step time of a task config, fp32 against INT4 variants, with the benchmarks' timer.
+"""Training-step time of a task config: fp32, the bf16 / FP8 baselines and INT4 variants.
 
-  python -m experiments.benchmarks.train_step --task shakespeare --size cpu [--variants fp32 int4]
+  python -m experiments.benchmarks.train_step --task shakespeare --size cpu
+      [--variants fp32 bf16 fp8 int4]
       [--data_dir DIR] [--tiny]
 
 Builds each variant's model and jitted step exactly as experiments.train does (one real batch,
 the task's optimizer), then times the steps round-robin (benchmarks.timer.time_interleaved), so
 a slow spell of a shared machine hits every variant alike. Prints and writes
-experiments/results/train_step_<task>.{json,md}: median ms per step and the ratio to fp32.
+experiments/results/train_step_<task>.{json,md}: median ms per step and the ratios to fp32 and
+to bf16 (the GPU goals' baseline; experiments.baselines).
 --tiny shrinks an LM config to one narrow block on short sequences (the GPU script's CPU run).
 """
 
@@ -38,19 +40,18 @@ def run(config, variants, repeats: int):
     train.tune_step(v, fn, state, batch)  # as the loop does, before the first (timed) call
     fns[v] = (lambda f, s: (lambda b: f(s, b)))(fn, state)  # same state every call
   ms = timer.time_interleaved(fns, [(batch,)], repeats)
-  base = ms.get("fp32")
-  rows = [{"variant": v, "median_ms": round(t, 2),
-           "ratio_vs_fp32": round(t / base, 3) if base else None} for v, t in ms.items()]
-  return rows
+  ratio = lambda t, base: round(t / ms[base], 3) if base in ms else None
+  return [{"variant": v, "median_ms": round(t, 2), "ratio_vs_fp32": ratio(t, "fp32"),
+           "ratio_vs_bf16": ratio(t, "bf16")} for v, t in ms.items()]
 
 
 def markdown(result) -> str:
   lines = [f"{result['device']}, jax {result['jax_version']}, {result['date']}; "
            f"`{result['task']}`, batch {result['batch_size']}, median of {result['repeats']} "
            "steps per variant, variants interleaved", "",
-           "| variant | ms/step | × fp32 |", "|---|---:|---:|"]
-  lines += [f"| {r['variant']} | {r['median_ms']:.1f} | {r['ratio_vs_fp32']} |"
-            for r in result["rows"]]
+           "| variant | ms/step | × fp32 | × bf16 |", "|---|---:|---:|---:|"]
+  lines += [f"| {r['variant']} | {r['median_ms']:.1f} | {r['ratio_vs_fp32']} | "
+            f"{r.get('ratio_vs_bf16')} |" for r in result["rows"]]
   return "\n".join(lines) + "\n"
 
 
@@ -75,7 +76,8 @@ def main(argv=None):
     config = config.replace(**TINY_LM)
   rows = run(config, args.variants, args.repeats)
   for r in rows:
-    print(f"{r['variant']:18s} {r['median_ms']:9.2f} ms/step  x{r['ratio_vs_fp32']} fp32")
+    print(f"{r['variant']:18s} {r['median_ms']:9.2f} ms/step  x{r['ratio_vs_fp32']} fp32  "
+          f"x{r['ratio_vs_bf16']} bf16")
   timer.write_results(rows, args.name or f"train_step_{config.task}", args.out,
                       {"task": config.task, "batch_size": config.batch_size,
                        "repeats": args.repeats}, markdown)

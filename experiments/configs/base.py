@@ -3,7 +3,7 @@
 import dataclasses
 from typing import Optional, Tuple
 
-from experiments.variants import VARIANTS
+from experiments.variants import DEFAULT_VARIANTS, VARIANTS
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -17,7 +17,7 @@ class TrainConfig:
   steps: Optional[int] = None  # training length in steps; overrides `epochs` when set
   learning_rate: float = 2e-5  # peak learning rate
   weight_decay: float = 0.01  # AdamW's decoupled weight decay
-  variants: Tuple[str, ...] = tuple(VARIANTS)  # experiments.variants names to run
+  variants: Tuple[str, ...] = DEFAULT_VARIANTS  # experiments.variants names to run
   seeds: Tuple[int, ...] = (0, 1, 2)  # one run per seed: init, data order, dropout, quantizer rng
   log_every: int = 10  # steps per logged window (the loop fetches losses once per window)
   eval_every: int = 0  # steps between evaluations; 0: once per epoch (and at the end)
