@@ -120,3 +120,32 @@ def test_mesh_scaling_counts_each_parallelism_and_fsdp_gathers_int4(tmp_path):
   assert (rows["fsdp", "int4"]["block_weight_gather_bytes"]
           < rows["fsdp", "int4-float"]["block_weight_gather_bytes"]
           < rows["fsdp", "fp32"]["block_weight_gather_bytes"])
+
+
+def test_the_profile_sums_device_kernels_by_name_and_category():
+  """A trace with a GPU: its kernels are summed by name (the host's spans ignored) and
+  categorized by the element types in cuBLAS/CUTLASS names; without one, the host's XLA ops are
+  used, not the runtime spans that enclose them."""
+  from experiments.benchmarks import profile_step
+  meta = lambda kind, pid, name, tid=0: {"ph": "M", "name": kind, "pid": pid, "tid": tid,
+                                         "args": {"name": name}}
+  span = lambda pid, name, dur, tid=0: {"ph": "X", "pid": pid, "tid": tid, "name": name,
+                                        "dur": dur}
+  gemm_s8 = "sm90_xmma_gemm_s8s8_s32f32_tn_n_tilesize128x128x128"
+  gemm_bf16 = "sm90_xmma_gemm_bf16bf16_bf16f32_f32_tn_n_tilesize128x128x64"
+  events = [meta("process_name", 1, "/host:CPU"), meta("process_name", 2, "/device:GPU:0"),
+            span(1, "PjitFunction(step)", 500.0), span(2, gemm_s8, 30.0),
+            span(2, gemm_s8, 10.0), span(2, gemm_bf16, 20.0), span(2, "loop_multiply_fusion", 40.0)]
+  times, source = profile_step.kernel_times(events)
+  assert source == "device"
+  assert times == {gemm_s8: 40.0, gemm_bf16: 20.0, "loop_multiply_fusion": 40.0}
+  rows, summary = profile_step.rows_from(times, steps=2, top=2)
+  assert [r["kernel"] for r in rows] == [gemm_s8, "loop_multiply_fusion"]
+  assert summary["int GEMM"] == {"ms_per_step": 0.02, "share": 0.4}
+  assert summary["float GEMM"]["share"] == 0.2 and summary["other"]["share"] == 0.4
+  host = [meta("process_name", 1, "/host:CPU"), meta("thread_name", 1, "tf_XLAEigen/1", tid=7),
+          span(1, "ThunkExecutor::Execute", 90.0, tid=7), span(1, "dot.3", 30.0, tid=7),
+          span(1, "fusion.1", 10.0, tid=7), span(1, "python_frame", 99.0, tid=8)]
+  times, source = profile_step.kernel_times(host)
+  assert source == "host" and times == {"dot.3": 30.0, "fusion.1": 10.0}
+  assert profile_step.category("dot.3").startswith("GEMM (XLA:CPU dot")

@@ -10,7 +10,7 @@ import pytest
 from tests import experiment_fixtures as fx
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-STAGES = ["env", "tests", "gemm", "linear", "step_gpt2", "step_h4096", "sass"]
+STAGES = ["env", "tests", "gemm", "linear", "step_gpt2", "step_h4096", "profile", "sass"]
 
 
 @pytest.mark.slow
@@ -25,7 +25,8 @@ def test_gpu_script_runs_every_stage_and_writes_the_raw_json(tmp_path):
   assert all(" rc=0 " in line for line in stages[:len(STAGES)]), stages
   limits = sum(int(line.rsplit("gpu_limit=", 1)[1]) for line in stages[:len(STAGES)])
   assert limits + 5 * len(STAGES) <= 540  # with kill graces, the script fits a 10-minute call
-  for name in ["bench_gemm", "bench_linear", "bench_train_step_gpt2", "bench_train_step_h4096"]:
+  for name in ["bench_gemm", "bench_linear", "bench_train_step_gpt2", "bench_train_step_h4096",
+               "profile_step_gpt2"]:
     result = json.loads((out / f"{name}.json").read_text())
     assert {"device", "driver", "jax_version", "date", "rows"} <= set(result), name
     assert result["rows"] and (out / f"{name}.md").exists()
@@ -36,3 +37,5 @@ def test_gpu_script_runs_every_stage_and_writes_the_raw_json(tmp_path):
   assert [r["variant"] for r in steps] == ["bf16", "fp8", "int4"]
   assert all(r["ratio_vs_bf16"] > 0 for r in steps)
   assert "skipped" in (out / "tests.txt").read_text()
+  profile = json.loads((out / "profile_step_gpt2.json").read_text())
+  assert profile["source"] == "host" and sum(c["share"] for c in profile["categories"].values()) > 0.99

@@ -13,8 +13,9 @@
 #   step_gpt2   a GPT training step at GPT-2-small width (shakespeare --size gpu): bf16, FP8
 #               via XLA (experiments.baselines) and int4, the goals' comparison
 #   step_h4096  the same at hidden 4096 (--size gpu-h4096)
+#   profile     where the int4 GPT-2-small step's time goes, summed by kernel (profile_step)
 #   sass        int8 tensor-core instructions (IGMMA) in the Mosaic kernel's SASS
-# The limits add up to 500 s (535 s with each stage's 5 s kill grace). Everything goes to $OUT
+# The limits add up to 495 s (535 s with each stage's 5 s kill grace). Everything goes to $OUT
 # (default experiments/results/gpu): <stage>.txt per stage, stages.txt (each stage's exit
 # status and seconds; 124 = timed out), and the raw JSON with device, driver,
 # jax version and date: bench_gemm.json, bench_linear.json, bench_train_step_{gpt2,h4096}.json
@@ -42,10 +43,12 @@ if [ "$SIZE" = tiny ]; then
   SCALE=3  # a loaded CPU compiling every kernel: three times each stage's GPU limit
   GEMM=(--sizes 64 --repeats 2); LINEAR=(--shapes 64,32,32 --repeats 2 --backends xla pallas)
   STEP=(--size cpu-char --tiny --repeats 2 --variants bf16 fp8 int4); STEP_H4096=("${STEP[@]}")
+  PROFILE=(--size cpu-char --tiny --steps 2)
 else
   GEMM=(--sizes 2048 4096 8192); LINEAR=(--shapes 16384,4096,16384)
   STEP=(--size gpu --repeats 10 --variants bf16 fp8 int4)
   STEP_H4096=(--size gpu-h4096 --repeats 10 --variants bf16 fp8 int4)
+  PROFILE=(--size gpu --steps 3)
 fi
 : > "$OUT/stages.txt"
 status=0
@@ -66,13 +69,16 @@ stage() {
 stage env 15 sh -c 'date -u; nvidia-smi || echo "no nvidia-smi"; python3 -c "import jax; print(\"jax\", jax.__version__, jax.devices())"'
 # pytest exits 5 when every test is skipped (no GPU): that is not a failure here.
 # -o addopts="": not the repository's default options (pytest-xdist may not be installed here).
-stage tests 90 sh -c 'python3 -m pytest -q -rs -o addopts="" -m gpu tests/test_gpu_kernels.py; rc=$?; [ $rc -eq 5 ] && rc=0; exit $rc'
-stage gemm 120 python3 -m experiments.benchmarks.gemm "${GEMM[@]}" --out "$OUT"
+stage tests 80 sh -c 'python3 -m pytest -q -rs -o addopts="" -m gpu tests/test_gpu_kernels.py; rc=$?; [ $rc -eq 5 ] && rc=0; exit $rc'
+stage gemm 110 python3 -m experiments.benchmarks.gemm "${GEMM[@]}" --out "$OUT"
 stage linear 70 python3 -m experiments.benchmarks.linear "${LINEAR[@]}" --out "$OUT"
-stage step_gpt2 85 python3 -m experiments.benchmarks.train_step --task shakespeare \
+stage step_gpt2 80 python3 -m experiments.benchmarks.train_step --task shakespeare \
   "${STEP[@]}" --data_dir "$DATA_DIR" --name bench_train_step_gpt2 --out "$OUT"
-stage step_h4096 85 python3 -m experiments.benchmarks.train_step --task shakespeare \
+stage step_h4096 80 python3 -m experiments.benchmarks.train_step --task shakespeare \
   "${STEP_H4096[@]}" --data_dir "$DATA_DIR" --name bench_train_step_h4096 --out "$OUT"
+stage profile 25 python3 -m experiments.benchmarks.profile_step --task shakespeare \
+  "${PROFILE[@]}" --data_dir "$DATA_DIR" --name profile_step_gpt2 --out "$OUT" \
+  --trace_dir "${TMPDIR:-/tmp}/int4jax_profile"
 # Mosaic GPU prints the SASS of each kernel it compiles when asked to (Hopper only).
 stage sass 35 env MOSAIC_GPU_DUMP_SASS=1 python3 -c '
 import jax.numpy as jnp
