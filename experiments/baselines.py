@@ -12,6 +12,8 @@ the INT4 variants quantize (every `nn.Dense` except the task's float head):
         GEMMs; elsewhere they are emulated (slowly) in float.
 
 Only `nn.Dense` layers are covered; a matched DenseGeneral or Einsum raises (no silent float).
+Activations stay float32 between the GEMMs, so "bf16" here is bf16 GEMMs in a float32 model, not
+a whole-model bf16 run (which would also halve the elementwise traffic).
 """
 
 import re
@@ -32,6 +34,11 @@ def _to_fp8(t: jax.Array, dtype) -> Tuple[jax.Array, jax.Array]:
   return (t / scale).astype(dtype), scale
 
 
+def _dtype_of(t: jax.Array) -> jax.Array:
+  """An empty array of t's dtype: a residual that carries the cotangent's dtype."""
+  return jnp.zeros((0,), t.dtype)
+
+
 def _dot(a, b, contracting):
   return jax.lax.dot_general(a, b, (contracting, ((), ())), preferred_element_type=jnp.float32)
 
@@ -45,15 +52,15 @@ def fp8_matmul(x: jax.Array, w: jax.Array) -> jax.Array:
 def _fp8_forward(x, w):
   xq, sx = _to_fp8(x.astype(jnp.float32), _E4M3)
   wq, sw = _to_fp8(w.astype(jnp.float32), _E4M3)
-  return _dot(xq, wq, ((1,), (0,))) * (sx * sw), (xq, sx, wq, sw)
+  return _dot(xq, wq, ((1,), (0,))) * (sx * sw), (xq, sx, wq, sw, _dtype_of(x), _dtype_of(w))
 
 
 def _fp8_backward(residuals, dy):
-  xq, sx, wq, sw = residuals
+  xq, sx, wq, sw, x_dtype, w_dtype = residuals
   gq, sg = _to_fp8(dy.astype(jnp.float32), _E5M2)
   dx = _dot(gq, wq, ((1,), (1,))) * (sg * sw)
   dw = _dot(xq, gq, ((0,), (0,))) * (sx * sg)
-  return dx, dw
+  return dx.astype(x_dtype.dtype), dw.astype(w_dtype.dtype)
 
 
 fp8_matmul.defvjp(_fp8_forward, _fp8_backward)
@@ -68,13 +75,14 @@ def bf16_matmul(x: jax.Array, w: jax.Array) -> jax.Array:
 
 def _bf16_forward(x, w):
   xb, wb = x.astype(jnp.bfloat16), w.astype(jnp.bfloat16)
-  return _dot(xb, wb, ((1,), (0,))), (xb, wb)
+  return _dot(xb, wb, ((1,), (0,))), (xb, wb, _dtype_of(x), _dtype_of(w))
 
 
 def _bf16_backward(residuals, dy):
-  xb, wb = residuals
+  xb, wb, x_dtype, w_dtype = residuals
   gb = dy.astype(jnp.bfloat16)
-  return _dot(gb, wb, ((1,), (1,))), _dot(xb, gb, ((0,), (0,)))
+  return (_dot(gb, wb, ((1,), (1,))).astype(x_dtype.dtype),
+          _dot(xb, gb, ((0,), (0,))).astype(w_dtype.dtype))
 
 
 bf16_matmul.defvjp(_bf16_forward, _bf16_backward)
@@ -118,7 +126,7 @@ def _interceptor(kind: str, exclude: Tuple[str, ...], wrapper: nn.Module):
                        f"{type(layer).__name__}: exclude it or use an INT4 variant")
     if layer.is_initializing():
       return next_fun(*args, **kwargs)
-    (x,) = args
+    x = args[0] if args else kwargs["inputs"]
     params = layer.variables["params"]
     kernel = params["kernel"]
     y = _MATMULS[kind](x.reshape(-1, x.shape[-1]), kernel)

@@ -88,6 +88,9 @@ class Int4Config:
   # water-filled to lss_budget x its rows and drawn on its own (still unbiased). Set it to the
   # data-parallel size under jit with tokens split over devices, so each device samples its own
   # rows with no global sort and no cross-device row gather; the token count must divide by it.
+  # Systematic sampling keeps round(lss_budget x rows per block) rows in each block (so
+  # blocks x that, which for small blocks can differ from lss_budget x tokens), and none are
+  # dropped when that is every row of a block. Ignored when lss is "off" or "nonzero".
   # Inside shard_map each shard already sees only its rows: leave it at 1 there.
   lss_blocks: int = 1
   # Run the bit-split (hi, lo) pair as ONE int8 GEMM of R*hi + lo (bit-identical to two INT4

@@ -11,13 +11,16 @@ Nothing is computed; the scopes only tag the trace.
 
 import contextlib
 import re
-from typing import Dict, Iterable
+import threading
+from typing import Any, Callable, Dict, Iterable, Tuple
 
 import jax
 import jax.extend as jex
 
 _MARK = "int4jax<{}>"
 _FIND = re.compile(r"int4jax<([^<>]*)>")
+LAYER = "@layer"  # the mark of a linear layer whose path is unknown (made inside a transform)
+_patching = threading.Lock()
 
 WHY = ("outside a Dense/Einsum layer (activations with activations, as attention's QK^T and "
        "weights x V, or a weight the module applies itself): int4jax quantizes layers")
@@ -45,7 +48,7 @@ def unowned_contractions(closed_jaxpr, layer_paths: Iterable[str]) -> Dict[str, 
   for stack, _ in _dots(closed_jaxpr.jaxpr, ""):
     marks = _FIND.findall(stack)
     owner = marks[-1] if marks else ""
-    if owner in layers:
+    if owner in layers or owner == LAYER:
       continue
     found[owner] = found.get(owner, 0) + 1
   return found
@@ -56,41 +59,59 @@ def describe(count: int) -> str:
   return f"{count} contraction{'s' if count != 1 else ''} {WHY}"
 
 
-def _scoped(call, paths):
+def trace_forward(fn: Callable, args: Tuple, kwargs: Dict[str, Any]):
+  """jax.make_jaxpr of fn(*args, **kwargs): array and ShapeDtypeStruct arguments are traced
+  (positional or keyword), other keyword values (flags such as deterministic=True) stay static."""
+  is_array = lambda v: isinstance(v, (jax.Array, jax.ShapeDtypeStruct)) or hasattr(v, "__array__")
+  traced = {k: v for k, v in kwargs.items()
+            if jax.tree.leaves(v) and all(is_array(leaf) for leaf in jax.tree.leaves(v))}
+  static = {k: v for k, v in kwargs.items() if k not in traced}
+  return jax.make_jaxpr(lambda a, k: fn(*a, **k, **static))(tuple(args), traced)
+
+
+def _scoped(call, paths, layer_types):
   def wrapped(self, *args, **kwargs):
     path = paths.get(id(self))
+    if path is None and isinstance(self, layer_types):
+      path = LAYER  # a layer copy made inside a transform (nnx.scan, nnx.remat): still a layer
     if path is None:
       return call(self, *args, **kwargs)
     with module_scope(path):
       return call(self, *args, **kwargs)
+  wrapped.__wrapped__ = call
   return wrapped
 
 
 @contextlib.contextmanager
-def scoped_nnx_calls(model):
+def scoped_nnx_calls(model, layer_types: Tuple[type, ...] = ()):
   """While active, every `__call__` of the NNX module classes in `model` runs inside
   `module_scope(path)` for the instances registered by the yielded `set_paths(traced_model)`
-  (call it on the merged copy being traced: paths are its graph paths). The classes' `__call__`
-  are patched for the duration and restored after (not thread-safe: for planning only)."""
+  (call it on the merged copy being traced: paths are its graph paths). Instances of
+  `layer_types` that were not registered (copies a transform such as nnx.scan makes) are marked
+  as layers; other unregistered modules are not marked, so their contractions count for the
+  nearest marked caller. The classes' `__call__` are patched for the duration and restored
+  after; one plan patches at a time (a lock), and other threads' calls meanwhile only gain a
+  named scope."""
   from flax import nnx
   paths: Dict[int, str] = {}
   patched = {}
-  for _, node in nnx.iter_graph(model):
-    if not isinstance(node, nnx.Module):
-      continue
-    owner = next((c for c in type(node).__mro__ if "__call__" in c.__dict__), None)
-    if owner is None or owner in patched:
-      continue
-    patched[owner] = owner.__dict__["__call__"]
-    owner.__call__ = _scoped(patched[owner], paths)
 
   def set_paths(traced_model):
     paths.clear()
     for path, node in nnx.iter_graph(traced_model):
       if isinstance(node, nnx.Module):
         paths[id(node)] = "/".join(str(p) for p in path)
-  try:
-    yield set_paths
-  finally:
-    for owner, call in patched.items():
-      owner.__call__ = call
+  with _patching:
+    try:
+      for _, node in nnx.iter_graph(model):
+        if not isinstance(node, nnx.Module):
+          continue
+        owner = next((c for c in type(node).__mro__ if "__call__" in c.__dict__), None)
+        if owner is None or owner in patched:
+          continue
+        patched[owner] = owner.__dict__["__call__"]
+        owner.__call__ = _scoped(patched[owner], paths, layer_types)
+      yield set_paths
+    finally:
+      for owner, call in patched.items():
+        owner.__call__ = call

@@ -3,7 +3,6 @@
 from typing import Optional, Sequence
 
 import flax.linen as nn
-import jax
 from flax import nnx
 
 from int4jax import contraction_scan
@@ -101,10 +100,10 @@ def _nnx_unowned_contractions(model, args, kwargs):
   layer_types = tuple(t for t, _ in NNX_SWAPS)
   layers = ["/".join(str(p) for p in path) for path, node in nnx.iter_graph(model)
             if isinstance(node, layer_types)]
-  with contraction_scan.scoped_nnx_calls(model) as set_paths:
-    def forward(state, *a):
+  with contraction_scan.scoped_nnx_calls(model, layer_types) as set_paths:
+    def forward(state, *a, **k):
       traced = nnx.merge(graphdef, state)
       set_paths(traced)
-      return traced(*a, **kwargs)  # keyword flags stay static
-    jaxpr = jax.make_jaxpr(forward)(state, *args)
+      return traced(*a, **k)
+    jaxpr = contraction_scan.trace_forward(forward, (state,) + tuple(args), kwargs)
   return contraction_scan.unowned_contractions(jaxpr, layers)

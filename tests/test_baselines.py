@@ -42,6 +42,14 @@ def test_the_gemms_use_their_format_and_stay_close_to_float32(kind, fwd_tol, gra
                                      ("float8_e4m3fn", "float8_e5m2")]), dtypes
 
 
+@pytest.mark.parametrize("kind", baselines.BASELINES)
+def test_gradients_come_back_in_the_inputs_dtypes(kind):
+  x, w = make_xw(8, 32, 4)
+  dx, dw = jax.grad(lambda x, w: jnp.sum(baselines._MATMULS[kind](x, w)), argnums=(0, 1))(
+      x.astype(jnp.bfloat16), w)
+  assert dx.dtype == jnp.bfloat16 and dw.dtype == jnp.float32
+
+
 def test_fp8_of_zeros_is_zeros_not_nan():
   zeros = jnp.zeros((4, 16))
   w = jnp.ones((16, 8))

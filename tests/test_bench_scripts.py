@@ -136,8 +136,9 @@ def test_the_profile_sums_device_kernels_by_name_and_category():
   events = [meta("process_name", 1, "/host:CPU"), meta("process_name", 2, "/device:GPU:0"),
             span(1, "PjitFunction(step)", 500.0), span(2, gemm_s8, 30.0),
             span(2, gemm_s8, 10.0), span(2, gemm_bf16, 20.0), span(2, "loop_multiply_fusion", 40.0)]
-  times, source = profile_step.kernel_times(events)
-  assert source == "device"
+  events[3]["args"] = {"hlo_op": "custom-call.3"}
+  times, source, ops = profile_step.kernel_times(events)
+  assert source == "device" and ops == {gemm_s8: "custom-call.3"}
   assert times == {gemm_s8: 40.0, gemm_bf16: 20.0, "loop_multiply_fusion": 40.0}
   rows, summary = profile_step.rows_from(times, steps=2, top=2)
   assert [r["kernel"] for r in rows] == [gemm_s8, "loop_multiply_fusion"]
@@ -146,6 +147,32 @@ def test_the_profile_sums_device_kernels_by_name_and_category():
   host = [meta("process_name", 1, "/host:CPU"), meta("thread_name", 1, "tf_XLAEigen/1", tid=7),
           span(1, "ThunkExecutor::Execute", 90.0, tid=7), span(1, "dot.3", 30.0, tid=7),
           span(1, "fusion.1", 10.0, tid=7), span(1, "python_frame", 99.0, tid=8)]
-  times, source = profile_step.kernel_times(host)
+  times, source, _ = profile_step.kernel_times(host)
   assert source == "host" and times == {"dot.3": 30.0, "fusion.1": 10.0}
   assert profile_step.category("dot.3").startswith("GEMM (XLA:CPU dot")
+
+
+def test_the_profile_reads_gemm_types_from_the_hlo():
+  """Kernel names need not carry types (cuBLAS's nvjet_*, XLA's gemm_fusion_dot): the HLO
+  instruction an event ran, looked up with its operands' types (printed beside them, or, as
+  XLA:CPU prints, only at their definitions), decides int or float GEMM; a fusion is a GEMM when
+  the computation it calls holds one."""
+  from experiments.benchmarks import profile_step
+  hlo = """HloModule m
+%fused_dot (p0: s8[4,8], p1: s8[8,2]) -> s32[4,2] {
+  %p0 = s8[4,8]{1,0} parameter(0)
+  %p1 = s8[8,2]{1,0} parameter(1)
+  ROOT %dot.1 = s32[4,2]{1,0} dot(%p0, %p1), lhs_contracting_dims={1}
+}
+ENTRY %main (a: f32[4,8]) -> f32[4,2] {
+  %custom-call.3 = (bf16[4,2]{1,0}, s8[0]{0}) custom-call(bf16[4,8]{1,0} %x, bf16[8,2]{1,0} %y), custom_call_target="__cublas$gemm"
+  %gemm_fusion_dot.2 = s32[4,2]{1,0} fusion(s8[4,8]{1,0} %c, s8[8,2]{1,0} %d), kind=kCustom, calls=%fused_dot
+  %loop_fusion = f32[4,2]{1,0} fusion(f32[4,2]{1,0} %q), kind=kLoop, calls=%other
+}
+"""
+  kinds = profile_step.gemm_kinds(hlo)
+  assert kinds == {"dot.1": "int GEMM", "custom-call.3": "float GEMM",
+                   "gemm_fusion_dot.2": "int GEMM"}
+  times = {"nvjet_tst_128x256": 30.0, "loop_fusion": 10.0}
+  _, summary = profile_step.rows_from(times, 1, 5, {"nvjet_tst_128x256": kinds["gemm_fusion_dot.2"]})
+  assert set(summary) == {"int GEMM", "other"}

@@ -220,3 +220,68 @@ def test_a_linen_plan_lists_contractions_outside_layers_by_module():
   assert plan.skipped["attn"].startswith("2 contractions ")
   assert plan.skipped[""].startswith("1 contraction ")
   assert "<root>: skipped, stays float: 1 contraction outside" in plan.describe()
+
+
+def test_a_plan_traces_array_keyword_inputs_and_keeps_flags_static():
+  class Model(nn.Module):
+    @nn.compact
+    def __call__(self, x, *, mask, train: bool):
+      h = nn.Dense(8, name="fc")(x) * mask
+      return h if train else h @ h.T
+
+  model = int4jax.quantize_model(Model())
+  spec = jax.ShapeDtypeStruct((4, 8), jnp.float32)
+  assert int4jax.plan(model, spec, mask=spec, train=True).skipped == {}
+  assert set(int4jax.plan(model, spec, mask=jnp.ones((4, 8)), train=False).skipped) == {""}
+
+
+def _scanned_stack(rngs):
+  """Three Linear blocks created under nnx.vmap and run by nnx.scan (a stacked model)."""
+  class Block(nnx.Module):
+    def __init__(self, rngs):
+      self.fc = nnx.Linear(16, 16, rngs=rngs)
+
+    def __call__(self, x):
+      return x + self.fc(x)
+
+  class Stack(nnx.Module):
+    def __init__(self, rngs):
+      @nnx.split_rngs(splits=3)
+      @nnx.vmap(in_axes=(0,), out_axes=0)
+      def make(rngs):
+        return Block(rngs)
+      self.blocks = make(rngs)
+      self.head = nnx.Linear(16, 4, rngs=rngs)
+
+    def __call__(self, x):
+      @nnx.scan(in_axes=(nnx.Carry, 0), out_axes=nnx.Carry)
+      def body(x, block):
+        return block(x)
+      return self.head(body(x, self.blocks))
+  return Stack(rngs)
+
+
+def test_a_scanned_stack_of_nnx_layers_quantizes_with_one_rng_stream_per_layer():
+  """Layers made under nnx.vmap hold stacked kernels (3, 16, 16); their INT4 versions get one
+  rng stream per slice, so nnx.scan runs them: the gradient keeps the stacked shapes, the scan
+  body holds the 3 integer GEMMs, and the plan lists no contraction as skipped (the scan's layer
+  copies count as layers). Learned quantizer state cannot be stacked and raises."""
+  model = _scanned_stack(nnx.Rngs(0))
+  x = jnp.ones((2, 16))
+  y_float = model(x)
+  int4jax.quantize_model(model, exclude=["head"], rngs=nnx.Rngs(quant=0))
+  assert rel_err(model(x), y_float) < 0.3
+  plan = int4jax.plan(model, x)
+  assert {p: c is not None for p, c in plan.items()} == {"blocks/fc": True, "head": False}
+  assert plan.skipped == {}
+  graphdef, state = nnx.split(model)
+
+  def step(state, x):
+    return nnx.grad(lambda m, x: jnp.sum(m(x) ** 2))(nnx.merge(graphdef, state), x)
+  assert str(jax.make_jaxpr(step)(state, x)).count("preferred_element_type=int32") == 3
+  grads = jax.jit(step)(state, x)
+  assert grads["blocks"]["fc"]["kernel"].shape == (3, 16, 16)
+  assert all(bool(jnp.all(jnp.isfinite(g))) for g in jax.tree.leaves(grads))
+  with pytest.raises(ValueError, match="stack of \\(3,\\) layers"):
+    int4jax.quantize_model(_scanned_stack(nnx.Rngs(0)), exclude=["head"],
+                           config=Int4Config.paper(), rngs=nnx.Rngs(quant=0))

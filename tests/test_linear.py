@@ -215,11 +215,13 @@ def test_sampling_half_of_equal_rows_costs_gradient_accuracy():
 @pytest.mark.parametrize("lss,levels,zero_rows,blocks", [
     (lss, 16, zero_rows, 1) for lss in ("off", "nonzero", "bernoulli", "systematic")
     for zero_rows in (0, 44)] + [("bernoulli", 1, 44, 1), ("systematic", 1, 44, 1),
-                                 ("bernoulli", 16, 44, 4), ("systematic", 16, 44, 4)])
+                                 ("bernoulli", 16, 44, 4), ("systematic", 16, 44, 4),
+                                 ("bernoulli", 16, 0, 4), ("systematic", 16, 0, 4)])
 def test_dw_is_unbiased_over_keys(lss, levels, zero_rows, blocks):
   """E over keys of dW (stochastic bit split + sampling) = the unquantized-dY estimator, also on
   a padded batch: 44 of 64 dY rows exactly zero, fewer non-zero rows than the budget of 16. With
-  4 blocks of 16 rows (per-block budgets of 4) two blocks are all padding and one has 4 rows."""
+  4 blocks of 16 rows (per-block budgets of 4) and padding, two blocks are all padding and one
+  has 4 rows; without, every block samples 4 of its 16 rows (row norms vary by key 11)."""
   x, w = make_xw(64, 32, 16, seed=5)
   cot = jax.random.normal(jax.random.key(10), (64, 16)) * jnp.exp(
       jax.random.normal(jax.random.key(11), (64, 1)))

@@ -42,6 +42,7 @@ def _dw_after(x, w, dy, config, key):
   g = dy * sx
   _, key_dw, key_lss = jax.random.split(key, 3)
   scores = jnp.linalg.norm(g, axis=1) * jnp.linalg.norm(xq.astype(jnp.float32), axis=1)
+  assert config.lss_blocks == 1, "this analysis reads the plan's indices as global rows"
   idx, weights = sampling_plan(scores, config, key_lss)
   rows = jnp.arange(g.shape[0]) if idx is None else idx.reshape(-1)  # one block
   if weights is None:

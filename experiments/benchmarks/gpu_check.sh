@@ -18,7 +18,8 @@
 # The limits add up to 495 s (535 s with each stage's 5 s kill grace). Everything goes to $OUT
 # (default experiments/results/gpu): <stage>.txt per stage, stages.txt (each stage's exit
 # status and seconds; 124 = timed out), and the raw JSON with device, driver,
-# jax version and date: bench_gemm.json, bench_linear.json, bench_train_step_{gpt2,h4096}.json
+# jax version and date: bench_gemm.json, bench_linear.json, bench_train_step_{gpt2,h4096}.json,
+# profile_step_gpt2.json
 # (each with a generated .md table).
 #
 # The GPU machine has no network. Bring along, in the working tree:
@@ -69,14 +70,14 @@ stage() {
 stage env 15 sh -c 'date -u; nvidia-smi || echo "no nvidia-smi"; python3 -c "import jax; print(\"jax\", jax.__version__, jax.devices())"'
 # pytest exits 5 when every test is skipped (no GPU): that is not a failure here.
 # -o addopts="": not the repository's default options (pytest-xdist may not be installed here).
-stage tests 80 sh -c 'python3 -m pytest -q -rs -o addopts="" -m gpu tests/test_gpu_kernels.py; rc=$?; [ $rc -eq 5 ] && rc=0; exit $rc'
-stage gemm 110 python3 -m experiments.benchmarks.gemm "${GEMM[@]}" --out "$OUT"
+stage tests 70 sh -c 'python3 -m pytest -q -rs -o addopts="" -m gpu tests/test_gpu_kernels.py; rc=$?; [ $rc -eq 5 ] && rc=0; exit $rc'
+stage gemm 100 python3 -m experiments.benchmarks.gemm "${GEMM[@]}" --out "$OUT"
 stage linear 70 python3 -m experiments.benchmarks.linear "${LINEAR[@]}" --out "$OUT"
 stage step_gpt2 80 python3 -m experiments.benchmarks.train_step --task shakespeare \
   "${STEP[@]}" --data_dir "$DATA_DIR" --name bench_train_step_gpt2 --out "$OUT"
 stage step_h4096 80 python3 -m experiments.benchmarks.train_step --task shakespeare \
   "${STEP_H4096[@]}" --data_dir "$DATA_DIR" --name bench_train_step_h4096 --out "$OUT"
-stage profile 25 python3 -m experiments.benchmarks.profile_step --task shakespeare \
+stage profile 45 python3 -m experiments.benchmarks.profile_step --task shakespeare \
   "${PROFILE[@]}" --data_dir "$DATA_DIR" --name profile_step_gpt2 --out "$OUT" \
   --trace_dir "${TMPDIR:-/tmp}/int4jax_profile"
 # Mosaic GPU prints the SASS of each kernel it compiles when asked to (Hopper only).

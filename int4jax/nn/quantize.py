@@ -176,7 +176,7 @@ class QuantizedModel(nn.Module):
           _raw(self.rules, record, False, self.intercept_raw):
         return self.model.init(jax.random.key(0), *a, **k)
 
-    traced = jax.make_jaxpr(lambda *a: init(*a, **kwargs))(*args)  # keyword flags stay static
+    traced = contraction_scan.trace_forward(init, args, kwargs)
     for path, count in contraction_scan.unowned_contractions(traced, record).items():
       record.skipped.setdefault(path, contraction_scan.describe(count))
     check_all_match(self.rules, record, self.strict)

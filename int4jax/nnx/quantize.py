@@ -46,6 +46,20 @@ def einsum_problem(layer) -> Optional[str]:
   return None
 
 
+def _stacked_dims(layer) -> tuple:
+  """The leading dims of a layer's kernel beyond the layer's own (layers created under
+  nnx.vmap for nnx.scan: one slice per scanned layer), () for a plain layer."""
+  if isinstance(layer, nnx.Einsum):
+    own = len(layer.kernel_shape)
+  elif isinstance(layer, nnx.LinearGeneral):
+    own = (len(layer.in_features) + len(layer.out_features)
+           + len(getattr(layer, "batch_axis", None) or ()))
+  else:
+    own = 2
+  shape = layer.kernel.shape
+  return tuple(shape[:len(shape) - own])
+
+
 def _path(path) -> str:
   return "/".join(str(p) for p in path)
 
@@ -99,7 +113,17 @@ def quantize_nnx(model: nnx.Module, rules: Optional[Sequence[QuantRule]] = None,
     parent = model
     for name in path[:-1]:
       parent = _get_child(parent, name)
-    _set_child(parent, path[-1], make(layer, cfg, rngs))
+    new = make(layer, cfg, rngs)
+    stack = _stacked_dims(layer)
+    if stack:  # a stack of layers (nnx.vmap-created, for nnx.scan): one rng stream per slice
+      if cfg.scale_mode == "lsq" or cfg.hadamard_block == "search":
+        raise ValueError(f"quantize_model: {_path(path)} is a stack of {stack} layers (made "
+                         "under nnx.vmap); its quantizer state (scale_mode='lsq', "
+                         "hadamard_block='search') is one per layer, not per slice: use a "
+                         "dynamic-scale config with a fixed block there")
+      if new.quant_rngs is not None:
+        new.quant_rngs = nnx.data(new.quant_rngs.split(stack))
+    _set_child(parent, path[-1], new)
   return plan
 
 
