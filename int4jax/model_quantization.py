@@ -6,7 +6,6 @@ import flax.linen as nn
 from flax import nnx
 
 from int4jax import contraction_scan
-
 from int4jax.config import Int4Config
 from int4jax.nn.quantize import QuantizedModel, quantize_linen
 from int4jax.nnx.quantize import INT4_TYPES as NNX_INT4_TYPES, SWAPS as NNX_SWAPS

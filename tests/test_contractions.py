@@ -282,6 +282,9 @@ def test_a_scanned_stack_of_nnx_layers_quantizes_with_one_rng_stream_per_layer()
   grads = jax.jit(step)(state, x)
   assert grads["blocks"]["fc"]["kernel"].shape == (3, 16, 16)
   assert all(bool(jnp.all(jnp.isfinite(g))) for g in jax.tree.leaves(grads))
+  untouched = _scanned_stack(nnx.Rngs(0))
   with pytest.raises(ValueError, match="stack of \\(3,\\) layers"):
-    int4jax.quantize_model(_scanned_stack(nnx.Rngs(0)), exclude=["head"],
-                           config=Int4Config.paper(), rngs=nnx.Rngs(quant=0))
+    int4jax.quantize_model(untouched, rules=[
+        int4jax.QuantRule(path="head", config=Int4Config()),
+        int4jax.QuantRule(path=".*", config=Int4Config.paper())], rngs=nnx.Rngs(quant=0))
+  assert type(untouched.head) is nnx.Linear  # nothing was swapped before the error

@@ -100,6 +100,14 @@ def quantize_nnx(model: nnx.Module, rules: Optional[Sequence[QuantRule]] = None,
     raise TypeError("quantize_model: the model itself is a single layer; use its int4jax.nnx "
                     "version (int4jax.nnx.Linear, LinearGeneral, Einsum)")
   check_all_match(rules, [_path(p) for p, _ in layers], strict)
+  for path, layer, _ in found:  # before anything is swapped: the model is changed in place
+    cfg = config_for(rules, _path(path))
+    stack = _stacked_dims(layer)
+    if stack and cfg is not None and (cfg.scale_mode == "lsq" or cfg.hadamard_block == "search"):
+      raise ValueError(f"quantize_model: {_path(path)} is a stack of {stack} layers (made under "
+                       "nnx.vmap); its quantizer state (scale_mode='lsq', hadamard_block="
+                       "'search') is one per layer, not per slice: use a dynamic-scale config "
+                       "with a fixed block there")
   for path, layer, make in found:
     cfg = config_for(rules, _path(path))
     problem = einsum_problem(layer) if cfg is not None else None
@@ -115,14 +123,8 @@ def quantize_nnx(model: nnx.Module, rules: Optional[Sequence[QuantRule]] = None,
       parent = _get_child(parent, name)
     new = make(layer, cfg, rngs)
     stack = _stacked_dims(layer)
-    if stack:  # a stack of layers (nnx.vmap-created, for nnx.scan): one rng stream per slice
-      if cfg.scale_mode == "lsq" or cfg.hadamard_block == "search":
-        raise ValueError(f"quantize_model: {_path(path)} is a stack of {stack} layers (made "
-                         "under nnx.vmap); its quantizer state (scale_mode='lsq', "
-                         "hadamard_block='search') is one per layer, not per slice: use a "
-                         "dynamic-scale config with a fixed block there")
-      if new.quant_rngs is not None:
-        new.quant_rngs = nnx.data(new.quant_rngs.split(stack))
+    if stack and new.quant_rngs is not None:  # a stack (nnx.vmap-made): a stream per slice
+      new.quant_rngs = nnx.data(new.quant_rngs.split(stack))
     _set_child(parent, path[-1], new)
   return plan
 
