@@ -15,7 +15,6 @@ operand types, else from the kernel's name; so the table reads as the step's bre
 the raw trace under --trace_dir (default <out>/<name>_trace/).
 """
 
-import argparse
 import collections
 import glob
 import gzip
@@ -28,7 +27,6 @@ import jax
 
 from experiments import tasks, train
 from experiments.benchmarks import timer, train_step
-from experiments.configs import TASKS, get_config
 
 # First match wins. Names of cuBLAS/CUTLASS kernels carry their element types (s8, i8, imma);
 # XLA:CPU's ops are named after the HLO (dot, fusion).
@@ -112,18 +110,18 @@ def profile(config, variant: str, steps: int, trace_dir: str):
   batch = task.train_batch(config, data, 0, 0)
   fn, state = train_step.step_fn(task, config, data, variant)
   train.tune_step(variant, fn, state, batch)  # the kernels the timed and trained steps use
-  hlo = fn.lower(state, batch).compile().as_text()
+  compiled = fn.lower(state, batch).compile()  # one compile: the executable run and read
   for _ in range(2):
-    jax.block_until_ready(fn(state, batch))
+    jax.block_until_ready(compiled(state, batch))
   with jax.profiler.trace(trace_dir, create_perfetto_trace=True):
     for _ in range(steps):
-      jax.block_until_ready(fn(state, batch))
+      jax.block_until_ready(compiled(state, batch))
   path = sorted(glob.glob(os.path.join(trace_dir, "**", "perfetto_trace.json.gz"),
                           recursive=True))[-1]
   with gzip.open(path) as f:
     trace = json.load(f)
   events = trace["traceEvents"] if isinstance(trace, dict) else trace
-  return kernel_times(events) + (hlo,)
+  return kernel_times(events) + (compiled.as_text(),)
 
 
 def rows_from(times: Dict[str, float], steps: int, top: int,
@@ -158,26 +156,13 @@ def markdown(result) -> str:
 
 
 def main(argv=None):
-  parser = argparse.ArgumentParser(description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("--task", choices=TASKS, default="shakespeare")
-  parser.add_argument("--size", default="cpu")
+  parser = train_step.config_parser(__doc__)
   parser.add_argument("--variant", default="int4")
   parser.add_argument("--steps", type=int, default=3)
   parser.add_argument("--top", type=int, default=25, help="kernels listed")
-  parser.add_argument("--data_dir", default=None)
-  parser.add_argument("--tiny", action="store_true", help="shrink an LM config (CPU checks)")
-  parser.add_argument("--name", default=None, help="output name (default profile_<task>)")
-  parser.add_argument("--out", default="experiments/results")
   parser.add_argument("--trace_dir", default=None, help="raw trace (default <out>/<name>_trace)")
   args = parser.parse_args(argv)
-  config = get_config(args.task, args.size)
-  if args.data_dir:
-    config = config.replace(data_dir=args.data_dir)
-  if args.tiny:
-    if config.kind != "lm":
-      parser.error("--tiny shrinks the LM configs only")
-    config = config.replace(**train_step.TINY_LM)
+  config = train_step.config_from(args, parser)
   name = args.name or f"profile_{config.task}"
   times, source, ops, hlo = profile(config, args.variant, args.steps,
                                     args.trace_dir or os.path.join(args.out, f"{name}_trace"))

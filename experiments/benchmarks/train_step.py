@@ -55,18 +55,21 @@ def markdown(result) -> str:
   return "\n".join(lines) + "\n"
 
 
-def main(argv=None):
-  parser = argparse.ArgumentParser(description=__doc__,
+def config_parser(doc: str) -> argparse.ArgumentParser:
+  """The step benchmarks' shared arguments: --task, --size, --data_dir, --tiny, --name, --out."""
+  parser = argparse.ArgumentParser(description=doc,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--task", choices=TASKS, default="shakespeare")
   parser.add_argument("--size", default="cpu")
-  parser.add_argument("--variants", nargs="+", default=["fp32", "int4"])
-  parser.add_argument("--repeats", type=int, default=10)
   parser.add_argument("--data_dir", default=None)
-  parser.add_argument("--name", default=None, help="output file name (default train_step_<task>)")
   parser.add_argument("--tiny", action="store_true", help="shrink an LM config (CPU checks)")
+  parser.add_argument("--name", default=None, help="output file name (default <kind>_<task>)")
   parser.add_argument("--out", default="experiments/results")
-  args = parser.parse_args(argv)
+  return parser
+
+
+def config_from(args, parser):
+  """The task config those arguments name (with --data_dir, and --tiny's shrunk LM)."""
   config = get_config(args.task, args.size)
   if args.data_dir:
     config = config.replace(data_dir=args.data_dir)
@@ -74,6 +77,15 @@ def main(argv=None):
     if config.kind != "lm":
       parser.error("--tiny shrinks the LM configs only")
     config = config.replace(**TINY_LM)
+  return config
+
+
+def main(argv=None):
+  parser = config_parser(__doc__)
+  parser.add_argument("--variants", nargs="+", default=["fp32", "int4"])
+  parser.add_argument("--repeats", type=int, default=10)
+  args = parser.parse_args(argv)
+  config = config_from(args, parser)
   rows = run(config, args.variants, args.repeats)
   for r in rows:
     print(f"{r['variant']:18s} {r['median_ms']:9.2f} ms/step  x{r['ratio_vs_fp32']} fp32  "
