@@ -16,6 +16,7 @@ Activations stay float32 between the GEMMs, so "bf16" here is bf16 GEMMs in a fl
 a whole-model bf16 run (which would also halve the elementwise traffic).
 """
 
+import functools
 import re
 from typing import Tuple
 
@@ -27,65 +28,55 @@ BASELINES = ("bf16", "fp8")
 _E4M3, _E5M2 = jnp.float8_e4m3fn, jnp.float8_e5m2
 
 
-def _to_fp8(t: jax.Array, dtype) -> Tuple[jax.Array, jax.Array]:
-  """(t / s cast to `dtype`, s) with s = max|t| / the format's largest finite value (1 for 0)."""
+def _cast(t: jax.Array, dtype) -> Tuple[jax.Array, jax.Array]:
+  """(t / s cast to `dtype`, s). FP8: s = max|t| / the format's largest finite value (1 for an
+  all-zero t), per tensor; bfloat16 has the range of float32, so s = 1."""
+  t = t.astype(jnp.float32)
+  if dtype == jnp.bfloat16:
+    return t.astype(dtype), jnp.float32(1)
   amax = jnp.max(jnp.abs(t))
   scale = jnp.where(amax > 0, amax / float(jnp.finfo(dtype).max), 1.0).astype(jnp.float32)
   return (t / scale).astype(dtype), scale
-
-
-def _dtype_of(t: jax.Array) -> jax.Array:
-  """An empty array of t's dtype: a residual that carries the cotangent's dtype."""
-  return jnp.zeros((0,), t.dtype)
 
 
 def _dot(a, b, contracting):
   return jax.lax.dot_general(a, b, (contracting, ((), ())), preferred_element_type=jnp.float32)
 
 
-@jax.custom_vjp
-def fp8_matmul(x: jax.Array, w: jax.Array) -> jax.Array:
-  """x (M, K) @ w (K, N) with both operands in FP8 e4m3 (per-tensor scales), float32 out."""
-  return _fp8_forward(x, w)[0]
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _matmul(x, w, operand_dtype, grad_dtype):
+  """x (M, K) @ w (K, N) with x and w cast to `operand_dtype`, float32 out; the backward casts
+  dY to `grad_dtype` for both of its GEMMs (JAX's own transpose would mix it in as float32)."""
+  return _forward(x, w, operand_dtype, grad_dtype)[0]
 
 
-def _fp8_forward(x, w):
-  xq, sx = _to_fp8(x.astype(jnp.float32), _E4M3)
-  wq, sw = _to_fp8(w.astype(jnp.float32), _E4M3)
-  return _dot(xq, wq, ((1,), (0,))) * (sx * sw), (xq, sx, wq, sw, _dtype_of(x), _dtype_of(w))
+def _forward(x, w, operand_dtype, grad_dtype):
+  xq, sx = _cast(x, operand_dtype)
+  wq, sw = _cast(w, operand_dtype)
+  # empty arrays of the inputs' dtypes: the cotangents go back in them
+  like_x, like_w = jnp.zeros((0,), x.dtype), jnp.zeros((0,), w.dtype)
+  return _dot(xq, wq, ((1,), (0,))) * (sx * sw), (xq, sx, wq, sw, like_x, like_w)
 
 
-def _fp8_backward(residuals, dy):
-  xq, sx, wq, sw, x_dtype, w_dtype = residuals
-  gq, sg = _to_fp8(dy.astype(jnp.float32), _E5M2)
+def _backward(operand_dtype, grad_dtype, residuals, dy):
+  xq, sx, wq, sw, like_x, like_w = residuals
+  gq, sg = _cast(dy, grad_dtype)
   dx = _dot(gq, wq, ((1,), (1,))) * (sg * sw)
   dw = _dot(xq, gq, ((0,), (0,))) * (sx * sg)
-  return dx.astype(x_dtype.dtype), dw.astype(w_dtype.dtype)
+  return dx.astype(like_x.dtype), dw.astype(like_w.dtype)
 
 
-fp8_matmul.defvjp(_fp8_forward, _fp8_backward)
+_matmul.defvjp(_forward, _backward)
 
 
-@jax.custom_vjp
 def bf16_matmul(x: jax.Array, w: jax.Array) -> jax.Array:
-  """x (M, K) @ w (K, N) on bfloat16 operands with float32 accumulation and output; dY is cast
-  to bfloat16 for both backward GEMMs (JAX's own transpose would mix it in as float32)."""
-  return _bf16_forward(x, w)[0]
+  """bfloat16 operands and dY, float32 accumulation and output."""
+  return _matmul(x, w, jnp.bfloat16, jnp.bfloat16)
 
 
-def _bf16_forward(x, w):
-  xb, wb = x.astype(jnp.bfloat16), w.astype(jnp.bfloat16)
-  return _dot(xb, wb, ((1,), (0,))), (xb, wb, _dtype_of(x), _dtype_of(w))
-
-
-def _bf16_backward(residuals, dy):
-  xb, wb, x_dtype, w_dtype = residuals
-  gb = dy.astype(jnp.bfloat16)
-  return (_dot(gb, wb, ((1,), (1,))).astype(x_dtype.dtype),
-          _dot(xb, gb, ((0,), (0,))).astype(w_dtype.dtype))
-
-
-bf16_matmul.defvjp(_bf16_forward, _bf16_backward)
+def fp8_matmul(x: jax.Array, w: jax.Array) -> jax.Array:
+  """FP8 e4m3 operands and e5m2 dY, each with a per-tensor scale; float32 out."""
+  return _matmul(x, w, _E4M3, _E5M2)
 
 
 _MATMULS = {"bf16": bf16_matmul, "fp8": fp8_matmul}
