@@ -39,28 +39,33 @@ from experiments import baselines, sharding, tasks, variants
 logger = logging.getLogger("experiments")
 
 
+def _replace_configs(rules, applies, **changes):
+  """The rules, with `changes` made to each config that `applies(config)` accepts."""
+  return tuple(dataclasses.replace(r, config=r.config.replace(**changes))
+               if r.config is not None and applies(r.config) else r for r in rules)
+
+
 def build_model(task, config, data, variant: str):
   """The task's float model, with the variant's INT4 rules applied (fp32: unchanged; bf16 and
   fp8: the same layers as low-precision float GEMMs, experiments.baselines)."""
   model = task.model(config, data)
-  baseline = variants.VARIANTS[variant].baseline if variant in variants.VARIANTS else None
+  baseline = getattr(variants.VARIANTS.get(variant), "baseline", None)
   if baseline is not None:
     return baselines.LowPrecisionModel(model, baseline, tuple(task.float_layers))
   rules = variants.rules_for(variant, task.float_layers, task.layer_groups)
-  if rules is not None and sharding.gathers_int4(config):
-    wire = lambda c: c is not None and c.scale_mode != "lsq"  # learned scales: not packable
-    if any(r.config is not None and not wire(r.config) for r in rules):
+  if rules is None:
+    return model
+  if sharding.gathers_int4(config):
+    packable = lambda c: c.scale_mode != "lsq"  # learned scales: not packable
+    if any(r.config is not None and not packable(r.config) for r in rules):
       logger.info("%s: learned (LSQ) scales cannot be gathered packed; those layers' weights are "
                   "gathered as GSPMD chooses", variant)
-    rules = tuple(dataclasses.replace(r, config=r.config.replace(fsdp_axis="data"))
-                  if wire(r.config) else r for r in rules)
+    rules = _replace_configs(rules, packable, fsdp_axis="data")
   data_size = sharding.parse_mesh(config.mesh).get("data", 1) if config.mesh else 1
-  if rules is not None and data_size > 1:
-    # Leverage-score sampling draws each data-parallel device's rows on that device.
-    samples = lambda c: c is not None and c.lss in ("bernoulli", "systematic")
-    rules = tuple(dataclasses.replace(r, config=r.config.replace(lss_blocks=data_size))
-                  if samples(r.config) else r for r in rules)
-  return model if rules is None else int4jax.quantize_model(model, rules)
+  if data_size > 1:  # leverage-score sampling draws each data-parallel device's rows on it
+    rules = _replace_configs(rules, lambda c: c.lss in ("bernoulli", "systematic"),
+                             lss_blocks=data_size)
+  return int4jax.quantize_model(model, rules)
 
 
 def total_steps(task, config, data) -> int:
