@@ -11,6 +11,8 @@
                     backward as int4
   int4-fwd-only     int4's forward, float backward (the paper's forward-only ablation)
   int4-no-lss       the paper's method without leverage-score sampling
+  int4-search       int4 with each group's multiplier chosen by least squared error between
+                    the ceil rule's m and m - 1 (Int4Config.scale_search=2; m - 1 may clip)
   int4-hq-search    int4 with the Hadamard block searched per layer on the first batch (the
                     paper's per-layer search)
   int4-hq128        int4 with Hadamard blocks of 128 instead of 32 (a candidate for the LM gap)
@@ -58,6 +60,7 @@ VARIANTS: Dict[str, Variant] = {
                                            scale_levels=1)),
     "int4-fwd-only": Variant(Int4Config(grad_mode="float")),
     "int4-no-lss": Variant(Int4Config.paper(lss="off")),
+    "int4-search": Variant(Int4Config(scale_search=2)),
     "int4-hq-search": Variant(Int4Config(hadamard_block="search")),
     "int4-hq128": Variant(Int4Config(hadamard_block=128)),
     "int4-mse-clip": Variant(Int4Config(scale_levels=1, scale_clip=GAUSSIAN_MSE_CLIP)),

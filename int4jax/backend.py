@@ -148,11 +148,11 @@ def int_gemm(name: str) -> Callable:
 
 
 def quantizer(name: str) -> Callable:
-  """f(x, axis, qmin, qmax, key, *, group, levels, per_row, clip_ratio) -> (int8 values, scales):
-  the one quantizer of every dynamic operand (int4jax/quantizers/two_level.py) of a 2-D x along
-  its contraction `axis`, stochastic when key is given. "pallas" runs the fused quantizer kernel
-  for per-row scales (the same integers, bit for bit); the other backends run the jnp quantizer,
-  which XLA fuses."""
+  """f(x, axis, qmin, qmax, key, *, group, levels, per_row, clip_ratio, search) -> (int8 values,
+  scales): the one quantizer of every dynamic operand (int4jax/quantizers/two_level.py) of a 2-D
+  x along its contraction `axis`, stochastic when key is given. "pallas" runs the fused quantizer
+  kernel for per-row scales (the same integers, bit for bit); the other backends run the jnp
+  quantizer, which XLA fuses."""
   choice = describe_backend(name)
   if choice.name == "auto-tuned":
     return quantize_jnp

@@ -54,6 +54,14 @@ class Int4Config:
   scale_group: int = 16
   # Number of multiplier levels L: m * q must fit int8 (L <= 18; L <= 16 for int_range="full").
   scale_levels: int = 16
+  # Multiplier candidates per group (round-to-nearest operands only; two_level.py): besides
+  # m = ceil(L * groupmax / R), try the next scale_search - 1 smaller ones and keep the one with
+  # the least squared error (a finer step that may clip the group's largest values). 1: the ceil
+  # rule alone (nothing clips). Compare 2 on MiniLM's real layers in
+  # experiments/results/bert_layer_errors.md and in training (variant int4-search); it becomes
+  # the default only once every experiment's variants are re-run with it. No effect with
+  # scale_levels=1 or stochastic forward rounding (which keeps the ceil rule: unbiased).
+  scale_search: int = 1
   # Clip the outer scale's range at clip_ratio * RMS of the row instead of its abs-max (MSE
   # clipping for near-Gaussian rows). None: abs-max, nothing clips; clipping raised the error on
   # MiniLM's real layers (experiments/results/bert_layer_errors.md), so it is off.
@@ -136,6 +144,15 @@ class Int4Config:
     if self.scale_mode == "lsq" and self.forward_rounding != "nearest":
       raise ValueError("Int4Config: scale_mode='lsq' has its step-size gradient defined for "
                        "round-to-nearest; set forward_rounding='nearest'")
+    if isinstance(self.scale_search, bool) or not (isinstance(self.scale_search, int)
+                                                     and self.scale_search >= 1):
+      raise ValueError(f"Int4Config.scale_search must be an int >= 1 (1: the ceil rule), got "
+                       f"{self.scale_search!r}")
+    if (self.scale_search > 1 and self.scale_levels > 1
+        and self.scale_group > two_level.MAX_SEARCH_GROUP):
+      raise ValueError(f"Int4Config: scale_search counts errors in int32 for groups of at most "
+                       f"{two_level.MAX_SEARCH_GROUP} elements (scale_group={self.scale_group}); "
+                       "set scale_search=1 or a smaller scale_group")
     if self.scale_clip is not None and not self.scale_clip > 0:
       raise ValueError(f"Int4Config.scale_clip must be > 0 or None, got {self.scale_clip!r}")
     if self.fsdp_axis is not None and self.scale_mode == "lsq":

@@ -17,8 +17,9 @@ scale_mode="tensor" needs the global abs-max: GSPMD all-reduces one scalar for i
 
 The gradient of the weight is computed whole (in the Hadamard domain) and handed back split on
 its columns like the weight; GSPMD sums the token shards' partial products into it (a
-reduce-scatter, or on XLA:CPU an all-reduce and a slice), as for any FSDP weight. The forward's stochastic rounding draws its dither
-for the whole (Kp, N) operand, so it matches the unsplit op too.
+reduce-scatter, or on XLA:CPU an all-reduce and a slice), as for any FSDP weight. The forward's
+stochastic rounding draws its dither for the whole (Kp, N) operand, so it matches the unsplit op
+too.
 
 A kernel stored split on another dim is first resharded to this layout by GSPMD (an all-to-all
 of the float shard, visible in the HLO); `experiments.sharding` places FSDP kernels on their
@@ -33,7 +34,7 @@ from typing import Callable, Tuple
 import jax
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from int4jax.quantizers import packing, two_level
+from int4jax.quantizers import packing
 
 logger = logging.getLogger("int4jax")
 _warned = set()
@@ -68,9 +69,10 @@ def _placer(config, n: int):
   return lambda a, *spec: jax.lax.with_sharding_constraint(a, NamedSharding(mesh, P(*spec)))
 
 
-def gather_quantized_weight(wh: jax.Array, config, quantize: Callable):
+def gather_quantized_weight(wh: jax.Array, config, quantize: Callable, multipliers: Callable):
   """(wv, sw, shards): `quantize(wh)`'s int8 operand (Kp, N) and scale, computed on column shards
-  of `wh` over `config.fsdp_axis` and all-gathered packed (see the module doc); `shards` are the
+  of `wh` over `config.fsdp_axis` and all-gathered packed (see the module doc); `multipliers(wh)`
+  gives the group multipliers `quantize` applied (None with one level); `shards` are the
   packed column shards (None when the columns do not split), which the backward gathers again
   (`regather`) instead of keeping the whole operand."""
   axis = config.fsdp_axis
@@ -80,18 +82,14 @@ def gather_quantized_weight(wh: jax.Array, config, quantize: Callable):
     return quantize(wh) + (None,)
   wh = place(wh, None, axis)
   wv, sw = quantize(wh)
-  multipliers = None
-  if config.scale_levels > 1:
-    multipliers = two_level.group_multipliers(
-        wh, 0, group=config.scale_group, levels=config.scale_levels,
-        per_row=config.scale_mode == "row", clip_ratio=config.scale_clip)
+  group_mults = multipliers(wh)
   per_column = sw.ndim == 2
   sw = place(place(sw, None, axis), None, None) if per_column else sw
   if config.forward_bits == 8:
     shards = (place(wv, None, axis),)
   else:
     shards = tuple(None if a is None else place(a, axis, None)
-                   for a in packing.pack_weight_operand(wv, multipliers))
+                   for a in packing.pack_weight_operand(wv, group_mults))
   return regather(shards, config, kp), sw, shards
 
 

@@ -139,12 +139,18 @@ def forward_quantize(xh, wh, config: Int4Config, scales: Scales, key=None):
     wq = quantize.quantize(wh, sw, qmin, qmax)
     return (xq, quantize.nonfinite_to_nan(sx, xh), wq, quantize.nonfinite_to_nan(sw, wh))
   xq, sx = quantize_operand(xh, 1, config, key_x)
-  quantize_w = lambda t: quantize_operand(t, 0, config, key_w)
   if config.fsdp_axis is None:
-    wq, sw = quantize_w(wh)
+    wq, sw = quantize_operand(wh, 0, config, key_w)
   else:  # quantized where FSDP keeps the weight, gathered packed
-    wq, sw, _ = fsdp.gather_quantized_weight(wh, config, quantize_w)
+    wq, sw, _ = _fsdp_quantized_weight(wh, config, key_w)
   return xq, sx, wq, sw
+
+
+def _fsdp_quantized_weight(wh, config: Int4Config, key_w):
+  """fsdp.gather_quantized_weight with this op's weight quantizer and its group multipliers."""
+  return fsdp.gather_quantized_weight(
+      wh, config, lambda t: quantize_operand(t, 0, config, key_w),
+      lambda t: weight_multipliers(t, config, stochastic=key_w is not None))
 
 
 def quantize_operand(t, axis: int, config: Int4Config, key=None):
@@ -153,7 +159,21 @@ def quantize_operand(t, axis: int, config: Int4Config, key=None):
   qmin, qmax = config.forward_qrange
   return backend.quantizer(config.backend)(
       t, axis, qmin, qmax, key, group=config.scale_group, levels=config.scale_levels,
-      per_row=config.scale_mode == "row", clip_ratio=config.scale_clip)
+      per_row=config.scale_mode == "row", clip_ratio=config.scale_clip,
+      search=config.scale_search)
+
+
+def weight_multipliers(wh, config: Int4Config, stochastic: bool = False):
+  """The group multipliers (int8, (Kp/g, N)) that `quantize_operand(wh, 0, config, key)` applied
+  (stochastic: a key was given, so the ceil rule, with no search), for packing the weight operand
+  two INT4 values per byte; None with scale_levels=1."""
+  if config.scale_levels == 1:
+    return None
+  qmin, qmax = config.forward_qrange
+  return two_level.group_multipliers(
+      wh, 0, qmin, qmax, group=config.scale_group, levels=config.scale_levels,
+      per_row=config.scale_mode == "row", clip_ratio=config.scale_clip,
+      search=1 if stochastic else config.scale_search)
 
 
 def forward_from_operand(xh, wq, sw, config: Int4Config):
@@ -275,8 +295,7 @@ def _forward(config, xh, wh, scales, key):
   else:  # FSDP: the backward gathers the packed shards again rather than keep the whole wq
     key_x, key_w = forward_keys(key, config)
     xq, sx = quantize_operand(xh, 1, config, key_x)
-    wq, sw, shards = fsdp.gather_quantized_weight(
-        wh, config, lambda t: quantize_operand(t, 0, config, key_w))
+    wq, sw, shards = _fsdp_quantized_weight(wh, config, key_w)
     kept = wq if shards is None else shards
   y = backend.scaled_gemm(config.backend)(xq, wq, ((1,), (0,)), sx, sw)
   lsq = (xh, wh, scales) if config.scale_mode == "lsq" else None

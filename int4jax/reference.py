@@ -74,9 +74,11 @@ def dither(key, shape):
   return ((h >> 16).astype(jnp.float32) + 0.5) / 65536.0
 
 
-def fake_quant_rows(t, qmin, qmax, group, levels, per_row, clip_ratio, noise=None):
+def fake_quant_rows(t, qmin, qmax, group, levels, per_row, clip_ratio, search=1, noise=None):
   """Two-level quantization of the rows of t (R, K) along K: (m * q as floats, s (R,)).
-  noise: U(0, 1) of t's shape for stochastic rounding floor(v + noise); None rounds to nearest."""
+  noise: U(0, 1) of t's shape for stochastic rounding floor(v + noise); None rounds to nearest,
+  choosing each group's multiplier among the ceil rule's and the `search - 1` below it by the
+  least fixed-point squared error (a count of 1/256 s^2 per element, capped at 2^20)."""
   r_count, k = t.shape
   a = jnp.abs(t)
   rng = a.max(axis=1) if per_row else jnp.full((r_count,), a.max())
@@ -92,10 +94,26 @@ def fake_quant_rows(t, qmin, qmax, group, levels, per_row, clip_ratio, noise=Non
     gmax = jnp.repeat(a.reshape(r_count, k // group, group).max(axis=2), group, axis=1)
     safe = jnp.where(finite & (rng > 0), rng, 1.0)
     mult = jnp.clip(jnp.ceil(levels * gmax / safe[:, None]), 1, levels)
+    if noise is None and search > 1:
+      mult = _least_error_multiplier(t, safe / (qmax * levels), mult, qmin, qmax, group, search)
   v = t / (scale[:, None] * mult)
   v = jnp.round(v) if noise is None else jnp.floor(v + noise)
   q = jnp.clip(v, qmin, qmax)
   return jnp.where(finite[:, None], q * mult, 0.0), scale
+
+
+def _least_error_multiplier(t, s, ceil_mult, qmin, qmax, group, search):
+  """Per element, its group's multiplier: of ceil_mult, ceil_mult - 1, ... (search of them, at
+  least 1), the first with the least error count."""
+  r_count, k = t.shape
+  cands = jnp.stack([jnp.maximum(ceil_mult - i, 1.0) for i in range(search)])  # (S, R, K)
+  v = t[None] / (s[None, :, None] * cands)
+  d = cands * (v - jnp.clip(jnp.round(v), qmin, qmax))
+  counts = jnp.minimum(jnp.floor(d * d * 256.0), 2.0 ** 20)
+  counts = jnp.where(jnp.isfinite(counts), counts, 0.0).astype(jnp.int32)
+  errors = counts.reshape(search, r_count, k // group, group).sum(axis=3)  # (S, R, K/g)
+  pick = jnp.repeat(jnp.argmin(errors, axis=0), group, axis=1)  # argmin: the first of ties
+  return jnp.take_along_axis(cands, pick[None], axis=0)[0]
 
 
 def fake_quant_forward(xh, wh, config: Int4Config, scales, key=None):
@@ -112,7 +130,7 @@ def fake_quant_forward(xh, wh, config: Int4Config, scales, key=None):
       out += [ints, jnp.full((t.shape[0],), s)]
     return tuple(out)
   settings = (qmin, qmax, config.scale_group, config.scale_levels, config.scale_mode == "row",
-              config.scale_clip)
+              config.scale_clip, config.scale_search)
   noise_x = noise_w = None
   if key is not None and config.forward_rounding == "stochastic":
     key_x, key_w = jax.random.split(jax.random.fold_in(key, 1), 2)

@@ -25,7 +25,7 @@ import jax.numpy as jnp
 
 from int4jax import contraction, linear
 from int4jax.config import Int4Config
-from int4jax.quantizers import hadamard, packing, two_level
+from int4jax.quantizers import hadamard, packing
 
 logger = logging.getLogger("int4jax")
 
@@ -109,11 +109,7 @@ def _export_weight(kernel: jax.Array, config: Int4Config) -> PackedWeight:
   wh = hadamard.block_hadamard(
       hadamard.pad_to_block(kernel.astype(jnp.float32), multiple, 0), block, 0)
   wv, scale = linear.quantize_operand(wh, 0, config)
-  multipliers = None
-  if config.scale_levels > 1:
-    multipliers = two_level.group_multipliers(
-        wh, 0, group=config.scale_group, levels=config.scale_levels,
-        per_row=config.scale_mode == "row", clip_ratio=config.scale_clip)  # (Kp/g, N)
+  multipliers = linear.weight_multipliers(wh, config)  # (Kp/g, N), or None
   values, multipliers = packing.pack_weight_operand(wv, multipliers)
   return PackedWeight(values=values, multipliers=multipliers, scale=scale,
                       in_features=kernel.shape[0], config=config, dtype=str(kernel.dtype),

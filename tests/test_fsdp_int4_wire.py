@@ -69,7 +69,11 @@ SLOW = pytest.mark.slow  # the other formats: the slow run (.ci/run) keeps the d
     pytest.param(Int4Config(forward_bits=8, scale_levels=1), marks=SLOW),  # int8, as it is
     # the dither covers the whole operand
     pytest.param(Int4Config(forward_rounding="stochastic"), marks=SLOW),
-], ids=["two-level", "per-row", "per-tensor", "int8", "stochastic"])
+    # searched multipliers (some groups clip) are the ones packed; stochastic keeps the ceil rule
+    Int4Config(scale_search=2),
+    pytest.param(Int4Config(scale_search=2, forward_rounding="stochastic"), marks=SLOW),
+], ids=["two-level", "per-row", "per-tensor", "int8", "stochastic", "search",
+        "search-stochastic"])
 def test_quantizing_the_shards_equals_gathering_then_quantizing(config):
   (loss, dw, dx), _ = _run(config.replace(fsdp_axis="data"))
   (loss_f, dw_f, dx_f), _ = _run(config)  # GSPMD gathers the float weight, then quantizes

@@ -40,6 +40,9 @@ CONFIGS = {
     "forward-stochastic": Int4Config(forward_rounding="stochastic"),
     "forward-stochastic-tensor-one-level": Int4Config(forward_rounding="stochastic",
                                                       scale_mode="tensor", scale_levels=1),
+    "search": Int4Config(scale_search=2),
+    "search-3-tensor-g32": Int4Config(scale_search=3, scale_mode="tensor", scale_group=32),
+    "search-forward-stochastic": Int4Config(scale_search=2, forward_rounding="stochastic"),
 }
 
 
@@ -56,7 +59,7 @@ def float_grads(x, w, b, cot):
 # The default run compares these configs at one shape; the slow run (.ci/run) every config at
 # every shape, one token and odd sizes included.
 DEFAULT_RUN = ("default", "tensor", "full-range", "float-grads", "systematic", "int8-forward",
-               "forward-stochastic", "per-row-one-level", "systematic-2-blocks")
+               "forward-stochastic", "per-row-one-level", "systematic-2-blocks", "search")
 
 
 def _reference_cases():

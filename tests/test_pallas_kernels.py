@@ -120,6 +120,13 @@ QUANT_CASES = {
     # group 32 spanning two Hadamard blocks of 16, 8 levels, odd row count
     "two_level_g32": dict(shape=(37, 64), axis=1, qmax=7, hadamard_block=16, levels=8,
                           group=32),
+    # the multiplier search (the default forward: 2 candidates per group), and 3 on W columns
+    "search_x": dict(shape=(40, 96), axis=1, qmax=7, hadamard_block=32, levels=16, search=2),
+    "search_w": dict(shape=(96, 40), axis=0, qmax=7, hadamard_block=32, levels=16, search=3,
+                     transpose_out=True),
+    # stochastic rounding keeps the ceil rule (nothing clips), whatever search says
+    "search_stochastic": dict(shape=(40, 96), axis=1, qmax=7, hadamard_block=32, levels=16,
+                              search=2, stochastic=True),
 }
 
 
@@ -130,7 +137,7 @@ def _quant_args(case, rng):
   n_rows = shape[0]
   kw = dict(axis=c["axis"], qmin=-c["qmax"], qmax=c["qmax"],
             hadamard_block=c.get("hadamard_block", 1), transpose_out=c.get("transpose_out", False),
-            levels=c.get("levels", 1), group=c.get("group", 16))
+            levels=c.get("levels", 1), group=c.get("group", 16), search=c.get("search", 1))
   if "gather" in c:
     n_rows = c["gather"]
     kw["rows"] = jnp.asarray(rng.integers(0, shape[0], n_rows), jnp.int32)
@@ -171,6 +178,15 @@ def test_the_kernel_hashes_the_same_dither_as_the_jnp_quantizer(case):
   np.testing.assert_array_equal(q_seed, q_ref)
   q_near, _ = pallas_quantize.quantize_pallas(x, blocks=SMALL_QUANT, interpret=True, **kw)
   assert not np.array_equal(q_seed, q_near)  # the dither is really applied
+
+
+@pytest.mark.parametrize("case", ["search_x", "search_w", "search_stochastic"])
+def test_the_kernel_searches_multipliers_only_when_rounding_to_nearest(case):
+  x, kw = _quant_args(case, np.random.default_rng(16))
+  q, _ = pallas_quantize.quantize_pallas(x, blocks=SMALL_QUANT, interpret=True, **kw)
+  q_ceil, _ = pallas_quantize.quantize_pallas(x, blocks=SMALL_QUANT, interpret=True,
+                                              **dict(kw, search=1))
+  assert np.array_equal(q, q_ceil) == ("dither" in kw)
 
 
 def test_quantizer_reference_agrees_with_the_library_quantizers():

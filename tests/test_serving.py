@@ -17,6 +17,7 @@ CONFIGS = {
     "tensor": Int4Config(scale_mode="tensor"),
     "hq128-full-range": Int4Config(hadamard_block=128, int_range="full"),
     "group32-levels8": Int4Config(scale_group=32, scale_levels=8),
+    "search": Int4Config(scale_search=2),  # searched multipliers: some groups clip
 }
 
 

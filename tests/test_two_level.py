@@ -181,3 +181,81 @@ def test_config_errors_name_the_fix():
     Int4Config(scale_clip=0.0)
   with pytest.raises(ValueError, match="power of two"):
     Int4Config(scale_group=12)
+  for bad in (0, True, 1.5):
+    with pytest.raises(ValueError, match="scale_search must be an int >= 1"):
+      Int4Config(scale_search=bad)
+  with pytest.raises(ValueError, match="scale_search=1"):
+    Int4Config(scale_group=4096)
+  assert Int4Config(scale_group=4096, scale_search=1).scale_group == 4096
+
+
+# The multiplier search (the default forward rounds to nearest with scale_search=2).
+
+def _group_sse(x, q, s, group=16):
+  """Squared error of each group, float64 (rows, K/g)."""
+  err = np.asarray(q, np.float64) * np.asarray(s, np.float64) - np.asarray(x, np.float64)
+  return (err ** 2).reshape(x.shape[0], -1, group).sum(axis=2)
+
+
+@pytest.mark.parametrize("search", [2, 3])
+def test_the_search_never_raises_a_groups_error_and_lowers_the_total(search):
+  x = _varied_rows(m=64, k=128)
+  q1, s1 = two_level.quantize_two_level(x, 1, -7, 7, levels=16)
+  qs, ss = two_level.quantize_two_level(x, 1, -7, 7, levels=16, search=search)
+  np.testing.assert_array_equal(ss, s1)  # the outer scale is the same abs-max scale
+  e1, es = _group_sse(x, q1, s1), _group_sse(x, qs, ss)
+  # Chosen on counts of s^2 / 256 per element: at most 16 such counts above the ceil rule's.
+  slack = 16 * np.asarray(s1, np.float64) ** 2 / 256
+  assert np.all(es <= e1 + slack)
+  changed = es < e1
+  assert changed.mean() > 0.2, changed.mean()  # Gaussian groups often prefer m - 1
+  ratio = float(np.mean(es / e1))  # groups weighted alike (their sizes differ by ~50x)
+  assert ratio < 0.95, ratio
+
+
+def test_searched_multipliers_stay_valid_and_split_the_operand():
+  """m in 1..L, every m * q in the int8 operand is a multiple of its group's m with |q| <= 7, and
+  group_multipliers returns the m the quantizer used (so packing splits it back exactly)."""
+  x = _varied_rows(m=48, k=128) * 1e3
+  for axis, t in ((1, x), (0, x.T)):
+    q, _ = two_level.quantize_two_level(t, axis, -7, 7, levels=16, search=2)
+    m = two_level.group_multipliers(t, axis, -7, 7, levels=16, search=2)
+    if axis == 0:
+      q, m = q.T, m.T
+    q = np.asarray(q, np.int32).reshape(x.shape[0], -1, 16)
+    m = np.asarray(m, np.int32)[:, :, None]
+    assert m.min() >= 1 and m.max() <= 16
+    assert np.all(q % m == 0) and np.abs(q // m).max() <= 7
+    # some groups do clip: their largest value sits on the top INT4 level
+    assert np.any(m[:, :, 0] < two_level.group_multipliers(x, 1, -7, 7, levels=16))
+
+
+def test_the_search_handles_zero_nonfinite_and_single_rows():
+  x = _varied_rows(m=5, k=48).at[1].set(0.0).at[3, 7].set(jnp.nan)
+  q, s = two_level.quantize_two_level(x, 1, -7, 7, levels=16, search=2)
+  assert not np.asarray(q[1]).any() and float(s[1, 0]) == 1.0
+  assert np.isnan(float(s[3, 0])) and not np.asarray(q[3]).any()
+  assert np.isfinite(np.asarray(s)[[0, 2, 4]]).all()
+  one = x[:1]
+  q1, _ = two_level.quantize_two_level(one, 1, -7, 7, levels=16, search=2)
+  np.testing.assert_array_equal(q1, q[:1])  # a row's integers do not depend on the other rows
+
+
+def test_stochastic_rounding_keeps_the_ceil_rule_so_it_stays_unbiased():
+  x = _varied_rows(m=8, k=32)
+  key = jax.random.key(5)
+  q_search, _ = two_level.quantize_two_level(x, 1, -7, 7, levels=16, search=2, key=key)
+  q_ceil, _ = two_level.quantize_two_level(x, 1, -7, 7, levels=16, key=key)
+  np.testing.assert_array_equal(q_search, q_ceil)
+
+
+def test_the_search_refuses_groups_whose_error_counts_could_overflow():
+  with pytest.raises(ValueError, match="search=1"):
+    two_level.quantize_two_level(jnp.ones((2, 4096)), 1, -7, 7, group=4096, levels=16, search=2)
+
+
+def test_the_search_lowers_the_layer_error_through_the_op():
+  x, w = make_xw(128, 512, 64, outliers=True, outlier_scale=20.0)
+  exact = x @ w
+  err = {s: rel_err(int4_linear(x, w, config=Int4Config(scale_search=s)), exact) for s in (1, 2)}
+  assert err[2] < 0.95 * err[1], err

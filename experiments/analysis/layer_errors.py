@@ -22,6 +22,7 @@ from int4jax import Int4Config, int4_linear
 from int4jax.quantizers import search_hadamard_block
 
 ONE_LEVEL = dict(scale_levels=1)
+CEIL = dict(scale_search=1)  # the ceil rule alone (no multiplier search), pinned
 CONFIGS = {
     "rtn per-tensor (no HQ)": Int4Config(hadamard_block=1, scale_mode="tensor", **ONE_LEVEL),
     "per-row (no HQ)": Int4Config(hadamard_block=1, **ONE_LEVEL),
@@ -29,12 +30,15 @@ CONFIGS = {
     "HQ 32 per-row (old default)": Int4Config(**ONE_LEVEL),
     "HQ 128 per-row": Int4Config(hadamard_block=128, **ONE_LEVEL),
     "HQ 32 per-row clip 2.7 rms": Int4Config(scale_clip=2.7, **ONE_LEVEL),
-    "HQ 32 two-level g32 L16": Int4Config(scale_group=32, scale_levels=16),
-    "HQ 32 two-level g16 L8": Int4Config(scale_group=16, scale_levels=8),
-    "HQ 32 two-level g16 L16": Int4Config(scale_group=16, scale_levels=16),
-    "HQ 32 two-level g16 L16 clip 4 rms": Int4Config(scale_clip=4.0),
-    "HQ 32 two-level g16 L16 clip 5 rms": Int4Config(scale_clip=5.0),
-    "HQ 128 two-level g16 L16": Int4Config(hadamard_block=128),
+    "HQ 32 two-level g32 L16": Int4Config(scale_group=32, **CEIL),
+    "HQ 32 two-level g16 L8": Int4Config(scale_levels=8, **CEIL),
+    "HQ 32 two-level g16 L16": Int4Config(**CEIL),
+    "HQ 32 two-level g16 L16 clip 4 rms": Int4Config(scale_clip=4.0, **CEIL),
+    "HQ 32 two-level g16 L16 clip 5 rms": Int4Config(scale_clip=5.0, **CEIL),
+    "HQ 128 two-level g16 L16": Int4Config(hadamard_block=128, **CEIL),
+    "HQ 32 two-level g16 L16 search 2": Int4Config(scale_search=2),
+    "HQ 32 two-level g16 L16 search 3": Int4Config(scale_search=3),
+    "HQ 32 two-level g16 L18 search 2": Int4Config(scale_levels=18, scale_search=2),
     "default": Int4Config(),
 }
 
@@ -70,7 +74,7 @@ def main(argv=None):
            "max|x| / rms": round(float(np.abs(x2).max() / np.sqrt((x2 ** 2).mean())), 1),
            "searched block (default quantizer)": int(search_hadamard_block(
                jnp.asarray(x2), w, group=Int4Config().scale_group,
-               levels=Int4Config().scale_levels))}
+               levels=Int4Config().scale_levels, search=Int4Config().scale_search))}
     for name, c in CONFIGS.items():
       y = int4_linear(jnp.asarray(x2), w, config=c)
       row[name] = round(float(jnp.linalg.norm(y - exact) / jnp.linalg.norm(exact)), 4)

@@ -43,6 +43,8 @@ def main(argv=None):
       "int4 default": lambda x, w, key: int4_linear(x, w, key=key),
       "int4 per-row (scale_levels=1)": lambda x, w, key: int4_linear(
           x, w, key=key, config=Int4Config(scale_levels=1)),
+      "int4 scale_search=2": lambda x, w, key: int4_linear(
+          x, w, key=key, config=Int4Config(scale_search=2)),
       "int4 lss=systematic 0.5": lambda x, w, key: int4_linear(
           x, w, key=key, config=Int4Config(lss="systematic", lss_budget=0.5)),
       "int4 grad_mode=float": lambda x, w, key: int4_linear(

@@ -25,7 +25,8 @@ def log_once(message: str) -> None:
     logger.info("%s", message)
 
 
-# f(x, axis, qmin, qmax, key, *, group, levels, per_row, clip_ratio) -> (int8 values, scales)
+# f(x, axis, qmin, qmax, key, *, group, levels, per_row, clip_ratio, search)
+#   -> (int8 values, scales)
 Quantizer = Callable
 # f(a, b, contracting, row_scale=None, col_scale=None) -> float32
 ScaledGemm = Callable

@@ -73,17 +73,18 @@ def _int_gemm(platform):
 def _quantizer(platform):
   interpret = platform not in GPU
 
-  def quantize(x, axis, qmin, qmax, key, group=16, levels=1, per_row=True, clip_ratio=None):
+  def quantize(x, axis, qmin, qmax, key, group=16, levels=1, per_row=True, clip_ratio=None,
+               search=1):
     if not per_row or clip_ratio is not None:
       # A per-tensor scale needs a global max first, and the clipped range an RMS whose sum
       # order the kernel cannot match bit for bit: the jnp quantizer, logged once.
       log_once("int4jax backend 'pallas': quantizer: jnp for per-tensor / clipped scales")
       return quantize_jnp(x, axis, qmin, qmax, key, group=group, levels=levels,
-                          per_row=per_row, clip_ratio=clip_ratio)
+                          per_row=per_row, clip_ratio=clip_ratio, search=search)
     seed = None if key is None else dither_seed(key)  # the kernel hashes the dither itself
     q, scale = pallas_quantize.quantize_pallas(
         x, axis=axis, qmin=qmin, qmax=qmax, seed=seed, group=group, levels=levels,
-        interpret=interpret)
+        search=search if key is None else 1, interpret=interpret)
     return q, (scale[:, None] if axis == 1 else scale[None, :])
   return quantize
 

@@ -59,17 +59,32 @@ def _round_half_even(v):
   return jnp.where(tie & odd, r - 1.0, r)
 
 
-def _group_multipliers(x, safe_range, group, levels):
-  """Per element, its group's multiplier clip(ceil(L * groupmax|x| / R), 1, L) for a tile x
-  (groups first, contraction second): one masked max per group of the chunk (Triton has no
-  reshape), the same float operations as int4jax.quantizers.two_level."""
+def _group_multipliers(x, scale, safe_range, group, levels, qmin, qmax, search):
+  """Per element, its group's multiplier for a tile x (groups first, contraction second): the
+  ceil rule clip(ceil(L * groupmax|x| / R), 1, L), then (search > 1) the candidate with the least
+  fixed-point squared error, with one masked max / sum per group of the chunk (Triton has no
+  reshape) and the same float operations as int4jax.quantizers.two_level."""
   col = lax.broadcasted_iota(jnp.int32, x.shape, 1) // group
   mult = jnp.zeros(x.shape, jnp.float32)
   for j in range(x.shape[1] // group):
     inside = col == j
     gmax = jnp.max(jnp.where(inside, jnp.abs(x), 0.0), axis=1)
     m_j = jnp.clip(jnp.ceil(levels * gmax / safe_range), 1.0, float(levels))
-    mult = jnp.where(inside, m_j[:, None], mult)
+    best, best_err = m_j, None
+    for step in range(search if search > 1 else 0):
+      cand = jnp.maximum(m_j - step, 1.0)
+      v = x / (scale[:, None] * cand[:, None])
+      d = cand[:, None] * (v - _round_half_even(jnp.clip(v, float(qmin), float(qmax))))
+      counts = jnp.minimum(jnp.floor(d * d * two_level.ERROR_UNITS),
+                           float(two_level.ERROR_CAP))
+      counts = jnp.where(inside & jnp.isfinite(counts), counts, 0.0).astype(jnp.int32)
+      err = jnp.sum(counts, axis=1)
+      if best_err is None:
+        best_err = err
+      else:
+        better = err < best_err
+        best, best_err = jnp.where(better, cand, best), jnp.where(better, err, best_err)
+    mult = jnp.where(inside, best[:, None], mult)
   return mult
 
 
@@ -88,7 +103,7 @@ def _hash_uniform(index, seed0, seed1):
 
 
 def _kernel(*refs, axis, gather, weighted, dither_mode, transform, groups_first, num_chunks,
-            block_red, qmin, qmax, group, levels, n_cols):
+            block_red, qmin, qmax, group, levels, search, n_cols):
   refs = list(refs)
   s_ref, q_ref = refs.pop(), refs.pop()
   x_ref = refs.pop(0)
@@ -146,11 +161,12 @@ def _kernel(*refs, axis, gather, weighted, dither_mode, transform, groups_first,
   scale = jnp.where(bad == 0, scale, jnp.nan)
   s_ref[...] = scale
   safe_range = jnp.where((bad == 0) & (amax > 0), amax, 1.0)
+  safe_scale = safe_range / (qmax * levels)  # = scale where the group is finite and non-zero
 
   def store(c, _):
     x = transformed(c)
     if levels > 1:
-      mult = _group_multipliers(x, safe_range, group, levels)
+      mult = _group_multipliers(x, safe_scale, safe_range, group, levels, qmin, qmax, search)
       v = x / (scale[:, None] * mult)
     else:
       v = x / scale[:, None]
@@ -178,9 +194,10 @@ def _block_diag_hadamard(block: int, size: int) -> jax.Array:
 
 
 @functools.partial(jax.jit, static_argnames=("axis", "qmin", "qmax", "hadamard_block", "group",
-                                             "levels", "transpose_out", "blocks", "interpret"))
+                                             "levels", "search", "transpose_out", "blocks",
+                                             "interpret"))
 def quantize_pallas(x: jax.Array, *, axis: int, qmin: int, qmax: int, hadamard_block: int = 1,
-                    group: int = 16, levels: int = 1,
+                    group: int = 16, levels: int = 1, search: int = 1,
                     rows: Optional[jax.Array] = None, row_weights: Optional[jax.Array] = None,
                     dither: Optional[jax.Array] = None, seed: Optional[jax.Array] = None,
                     transpose_out: bool = False,
@@ -189,7 +206,8 @@ def quantize_pallas(x: jax.Array, *, axis: int, qmin: int, qmax: int, hadamard_b
 
   group, levels: two-level scales (int4jax/quantizers/two_level.py): the scale is the row's
     abs-max / (qmax * levels) and the int8 values are m * q with one multiplier m in 1..levels
-    per `group` consecutive reduced elements; levels=1 is plain abs-max.
+    per `group` consecutive reduced elements; levels=1 is plain abs-max. search: multiplier
+    candidates per group (two_level's search; ignored, as there, when rounding stochastically).
 
   rows: optional int32 (R,) indices of dim-0 rows to gather first (x[rows]); row_weights:
     optional (R,) multipliers of those rows. Stochastic rounding: seed, the (2,) uint32 words of
@@ -256,7 +274,8 @@ def quantize_pallas(x: jax.Array, *, axis: int, qmin: int, qmax: int, hadamard_b
       _kernel, axis=axis, gather=rows is not None, weighted=row_weights is not None,
       dither_mode="array" if dither is not None else ("hash" if seed is not None else None),
       transform=b > 1, groups_first=groups_first, num_chunks=rp // br, block_red=br, qmin=qmin,
-      qmax=qmax, group=group, levels=levels, n_cols=shape[1])
+      qmax=qmax, group=group, levels=levels,
+      search=search if dither is None and seed is None else 1, n_cols=shape[1])
   q, scale = pl.pallas_call(
       kernel,
       out_shape=(jax.ShapeDtypeStruct((gp, rp) if groups_first else (rp, gp), jnp.int8),
@@ -275,8 +294,8 @@ def quantize_pallas(x: jax.Array, *, axis: int, qmin: int, qmax: int, hadamard_b
 
 
 def quantize_reference(x: jax.Array, *, axis: int, qmin: int, qmax: int, hadamard_block: int = 1,
-                       group: int = 16, levels: int = 1, rows=None, row_weights=None, dither=None,
-                       key=None, transpose_out: bool = False):
+                       group: int = 16, levels: int = 1, search: int = 1, rows=None,
+                       row_weights=None, dither=None, key=None, transpose_out: bool = False):
   """Pure-jnp meaning of `quantize_pallas`: the library's own quantizer (gather, weight, block
   Hadamard, then int4jax.quantizers.two_level). key: stochastic rounding with
   uniform_dither(key, shape) (the kernel's `seed` is dither_seed(key))."""
@@ -287,5 +306,5 @@ def quantize_reference(x: jax.Array, *, axis: int, qmin: int, qmax: int, hadamar
     x = x * row_weights.astype(jnp.float32)[:, None]
   x = hadamard.block_hadamard(x, hadamard_block, axis)
   q, scale = two_level.quantize_two_level(x, axis, qmin, qmax, group=group, levels=levels,
-                                          dither=dither, key=key)
+                                          search=search, dither=dither, key=key)
   return (q.T if transpose_out else q), scale.reshape(-1)

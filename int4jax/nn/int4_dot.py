@@ -51,7 +51,7 @@ def resolve_block(owner: nn.Module, x2: jax.Array, w2: jax.Array, config: Int4Co
       STATE_COLLECTION, "hadamard",
       lambda: hadamard.hadamard_matrix(block_search.search_hadamard_block(
           x2, w2, config.scale_mode, config.forward_qrange, group=config.scale_group,
-          levels=config.scale_levels)))
+          levels=config.scale_levels, search=config.scale_search)))
   return matrix.value.shape[0]
 
 

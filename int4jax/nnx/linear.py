@@ -63,7 +63,7 @@ class Int4Contraction:
     if self.hadamard_block is None:
       self.hadamard_block = block_search.search_hadamard_block(
           x2, kernel, config.scale_mode, config.forward_qrange, group=config.scale_group,
-          levels=config.scale_levels)
+          levels=config.scale_levels, search=config.scale_search)
     if config.scale_mode == "lsq":
       b, (_, qmax) = self.hadamard_block, config.forward_qrange
       xh = hadamard.block_hadamard(hadamard.pad_to_block(x2.astype(jnp.float32), b, 1), b, 1)

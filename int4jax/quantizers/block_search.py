@@ -29,7 +29,7 @@ def candidate_blocks(k: int, max_block: int = MAX_BLOCK) -> Tuple[int, ...]:
 
 
 def _roundtrip(t: jax.Array, block: int, axis: int, scale_mode: str, qrange: Tuple[int, int],
-               group: int = 16, levels: int = 1) -> jax.Array:
+               group: int = 16, levels: int = 1, search: int = 1) -> jax.Array:
   """t -> dequantize(quantize(t H)) H^T, unpadded: the operand the INT4 forward really uses."""
   qmin, qmax = qrange
   n = t.shape[axis]
@@ -40,31 +40,35 @@ def _roundtrip(t: jax.Array, block: int, axis: int, scale_mode: str, qrange: Tup
     deq = q.dequantize(q.quantize(th, scale, qmin, qmax), scale)
   else:
     deq = two_level.dequantize_two_level(*two_level.quantize_two_level(
-        th, axis, qmin, qmax, group=group, levels=levels, per_row=scale_mode == "row"))
+        th, axis, qmin, qmax, group=group, levels=levels, per_row=scale_mode == "row",
+        search=search))
   back = hadamard.block_hadamard(deq, block, axis)
   return jax.lax.slice_in_dim(back, 0, n, axis=axis)
 
 
 def block_errors(x: jax.Array, w: jax.Array, scale_mode: str, qrange: Tuple[int, int],
-                 blocks: Sequence[int], group: int = 16, levels: int = 1) -> np.ndarray:
+                 blocks: Sequence[int], group: int = 16, levels: int = 1,
+                 search: int = 1) -> np.ndarray:
   """||X - X_bar||_F * ||W - W_bar||_F for each block; x (tokens, K), w (K, N)."""
   x = jnp.asarray(x, jnp.float32)
   w = jnp.asarray(w, jnp.float32)
   errors = []
   for b in blocks:
-    ex = jnp.linalg.norm(x - _roundtrip(x, b, 1, scale_mode, qrange, group, levels))
-    ew = jnp.linalg.norm(w - _roundtrip(w, b, 0, scale_mode, qrange, group, levels))
+    ex = jnp.linalg.norm(x - _roundtrip(x, b, 1, scale_mode, qrange, group, levels, search))
+    ew = jnp.linalg.norm(w - _roundtrip(w, b, 0, scale_mode, qrange, group, levels, search))
     errors.append(ex * ew)
   return np.asarray(jax.device_get(jnp.stack(errors)))
 
 
 def search_hadamard_block(x: jax.Array, w: jax.Array, scale_mode: str = "row",
                           qrange: Tuple[int, int] = q.SYMMETRIC,
-                          max_block: int = MAX_BLOCK, group: int = 16, levels: int = 1) -> int:
+                          max_block: int = MAX_BLOCK, group: int = 16, levels: int = 1,
+                          search: int = 1) -> int:
   """The block in `candidate_blocks(K)` with the least error product on this data (ties: smaller).
 
-  scale_mode, qrange, group, levels: the quantizer the layer will use (Int4Config's scale_mode,
-  qrange, scale_group, scale_levels), so the search scores what the forward really computes.
+  scale_mode, qrange, group, levels, search: the quantizer the layer will use (Int4Config's
+  scale_mode, forward_qrange, scale_group, scale_levels, scale_search), so the search scores what
+  the forward really computes.
 
   x: (tokens, K) activations of a real batch; w: (K, N). The choice depends on the values, so it
   needs concrete arrays: call it (or a module's init) outside jax.jit.
@@ -78,7 +82,7 @@ def search_hadamard_block(x: jax.Array, w: jax.Array, scale_mode: str = "row",
     raise ValueError(f"search_hadamard_block: need x (tokens, K) and w (K, N), got {x.shape} "
                      f"and {w.shape}")
   blocks = candidate_blocks(w.shape[0], max_block)
-  errors = block_errors(x, w, scale_mode, qrange, blocks, group, levels)
+  errors = block_errors(x, w, scale_mode, qrange, blocks, group, levels, search)
   if not np.all(np.isfinite(errors)):
     raise ValueError("search_hadamard_block: the init batch or the kernel holds NaN/Inf, so no "
                      "block size can be chosen from it; initialise with finite data")
