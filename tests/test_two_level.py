@@ -185,8 +185,8 @@ def test_config_errors_name_the_fix():
     with pytest.raises(ValueError, match="scale_search must be an int >= 1"):
       Int4Config(scale_search=bad)
   with pytest.raises(ValueError, match="scale_search=1"):
-    Int4Config(scale_group=4096)
-  assert Int4Config(scale_group=4096, scale_search=1).scale_group == 4096
+    Int4Config(scale_group=4096, scale_search=2)
+  assert Int4Config(scale_group=4096).scale_group == 4096  # no search: any group length
 
 
 # The multiplier search (the default forward rounds to nearest with scale_search=2).
