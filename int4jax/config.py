@@ -60,7 +60,9 @@ class Int4Config:
   # rule alone (nothing clips). Compare 2 on MiniLM's real layers in
   # experiments/results/bert_layer_errors.md and in training (variant int4-search); it becomes
   # the default only once every experiment's variants are re-run with it. No effect with
-  # scale_levels=1 or stochastic forward rounding (which keeps the ceil rule: unbiased).
+  # scale_levels=1, nor on stochastically rounded operands (a forward_rounding="stochastic"
+  # call with a key keeps the ceil rule, so it stays unbiased; without a key, as in evaluation
+  # and packed serving, it rounds to nearest and searches).
   scale_search: int = 1
   # Clip the outer scale's range at clip_ratio * RMS of the row instead of its abs-max (MSE
   # clipping for near-Gaussian rows). None: abs-max, nothing clips; clipping raised the error on

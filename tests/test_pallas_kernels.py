@@ -120,7 +120,7 @@ QUANT_CASES = {
     # group 32 spanning two Hadamard blocks of 16, 8 levels, odd row count
     "two_level_g32": dict(shape=(37, 64), axis=1, qmax=7, hadamard_block=16, levels=8,
                           group=32),
-    # the multiplier search (the default forward: 2 candidates per group), and 3 on W columns
+    # the multiplier search (variant int4-search: 2 candidates per group), and 3 on W columns
     "search_x": dict(shape=(40, 96), axis=1, qmax=7, hadamard_block=32, levels=16, search=2),
     "search_w": dict(shape=(96, 40), axis=0, qmax=7, hadamard_block=32, levels=16, search=3,
                      transpose_out=True),
@@ -252,6 +252,9 @@ def test_quantizer_bad_input_is_refused():
   with pytest.raises(TypeError, match="uint32"):
     pallas_quantize.quantize_pallas(x, axis=1, qmin=-7, qmax=7, seed=seed.astype(jnp.int32),
                                     interpret=True)
+  with pytest.raises(ValueError, match="search=1"):
+    pallas_quantize.quantize_pallas(jnp.ones((16, 4096)), axis=1, qmin=-7, qmax=7, group=4096,
+                                    levels=16, search=2, interpret=True)
 
 
 def _lowered_for_cuda(fn, *avals):

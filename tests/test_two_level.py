@@ -189,7 +189,7 @@ def test_config_errors_name_the_fix():
   assert Int4Config(scale_group=4096).scale_group == 4096  # no search: any group length
 
 
-# The multiplier search (the default forward rounds to nearest with scale_search=2).
+# The multiplier search (Int4Config.scale_search; variant int4-search runs it with 2).
 
 def _group_sse(x, q, s, group=16):
   """Squared error of each group, float64 (rows, K/g)."""

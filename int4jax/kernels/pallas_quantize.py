@@ -235,6 +235,10 @@ def quantize_pallas(x: jax.Array, *, axis: int, qmin: int, qmax: int, hadamard_b
   if not hadamard.is_power_of_two(b) or n_red % b:
     raise ValueError(f"hadamard_block={b} must be a power of two dividing the reduced length "
                      f"{n_red}; pad first (int4jax.quantizers.pad_to_block)")
+  if levels > 1 and search > 1 and group > two_level.MAX_SEARCH_GROUP:
+    raise ValueError(f"quantize_pallas: the multiplier search counts errors in int32 for groups "
+                     f"of at most {two_level.MAX_SEARCH_GROUP} elements, got group={group}; use "
+                     "search=1")
   if levels > 1 and (not hadamard.is_power_of_two(group) or n_red % group):
     raise ValueError(f"group={group} must be a power of two dividing the reduced length {n_red}; "
                      "pad first (int4jax.quantizers.pad_to_block)")

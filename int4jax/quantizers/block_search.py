@@ -68,7 +68,8 @@ def search_hadamard_block(x: jax.Array, w: jax.Array, scale_mode: str = "row",
 
   scale_mode, qrange, group, levels, search: the quantizer the layer will use (Int4Config's
   scale_mode, forward_qrange, scale_group, scale_levels, scale_search), so the search scores what
-  the forward really computes.
+  the forward computes when it rounds to nearest (a stochastic forward keeps the ceil rule and
+  adds noise; the block is still scored on nearest rounding).
 
   x: (tokens, K) activations of a real batch; w: (K, N). The choice depends on the values, so it
   needs concrete arrays: call it (or a module's init) outside jax.jit.
