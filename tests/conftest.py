@@ -5,6 +5,11 @@ import os
 if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
   os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
                              + " --xla_force_host_platform_device_count=8").strip()
+# The 8 devices' threads meet at every collective; XLA:CPU aborts the process when one arrives
+# over 40 s after the others (the default), which a loaded 2-core machine can reach (seen: a
+# mesh-step test aborted while a training run shared the CPU). Wait 10 minutes instead.
+if "xla_cpu_collective_call_terminate_timeout_seconds" not in os.environ["XLA_FLAGS"]:
+  os.environ["XLA_FLAGS"] += " --xla_cpu_collective_call_terminate_timeout_seconds=600"
 
 import jax  # noqa: E402
 
