@@ -21,7 +21,8 @@ clips (unless `clip_ratio` is set).
 Multiplier search (`search` = n > 1, round-to-nearest only): each group also tries m - 1, ...,
 m - n + 1 (never below 1) and keeps the candidate c with the least squared error, ties to the
 larger c. A smaller c has a finer step and may clip the group's largest values; on real
-activations the trade wins (experiments/results/bert_layer_errors.md). The error is counted in
+activations the trade lowers the forward error (experiments/results/bert_layer_errors.md), though
+it did not raise fine-tuning accuracy (Int4Config.scale_search). The error is counted in
 fixed point so that any summation order (XLA's, a kernel's) gives the same integers:
   d = c * (v - clip(round(v), qmin, qmax)),  v = t / (s_r * c)   (the error in units of s_r)
   error(c) = sum over the group of min(floor(d^2 * ERROR_UNITS), ERROR_CAP)   (int32)
