@@ -1,6 +1,8 @@
 """Pallas-Triton kernels against their pure-jnp references (interpret mode on CPU), and their
 lowering for CUDA (on CPU, no GPU needed), which catches a missing Triton lowering rule."""
 
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -340,3 +342,14 @@ def test_jax_triton_needs_k_major_b_and_alignment_to_pipeline_on_hopper():
   assert k_n.count("ld.global") > 2
   unaligned = triton_gemm.compile_for_cuda(90, aligned=False)["ptx"]
   assert "cp.async" not in unaligned
+
+@pytest.mark.parametrize("block,group,levels,width", [(32, 16, 16, 32), (128, 16, 16, 128),
+                                                      (8, 16, 1, 16), (16, 32, 8, 32)])
+def test_the_kernel_transforms_one_hadamard_block_per_chunk(block, group, levels, width):
+  """The in-kernel Hadamard is a (width, width) matrix: the Hadamard block itself, not a 128-wide
+  block diagonal that multiplies zeros (at least 16 wide, Triton's smallest dot, and one group)."""
+  x = jax.ShapeDtypeStruct((64, 256), jnp.bfloat16)
+  text = _lowered_for_cuda(lambda x: pallas_quantize.quantize_pallas(
+      x, axis=1, qmin=-7, qmax=7, hadamard_block=block, group=group, levels=levels), x)
+  matrices = set(re.findall(r"tensor<(\d+)x\1xf32>", text))
+  assert matrices == {str(width)}, matrices

@@ -11,12 +11,14 @@ Every GEMM operand of `int4_linear` is "quantize groups of a 2-D array along one
 
 so one kernel covers all four: `axis` is the reduced axis (1: a scale per row, 0: per column),
 `rows`/`row_weights` gather and weight dim-0 rows first, `transpose_out` writes the int8 result
-transposed. One program owns `block_groups` groups; it walks the reduced axis in `block_red`
-chunks twice (pass 1: abs-max of the transformed values, pass 2: quantize and store), so any
+transposed. One program owns `block_groups` groups; it walks the reduced axis in chunks
+(`block_red` long, or one Hadamard block, below) twice (pass 1: abs-max of the transformed values, pass 2: quantize and store), so any
 length fits in registers and the input is read twice, never written back in float.
 
-The Hadamard of a chunk is one dense matmul with BlockDiag(H_b, ..., H_b) of size block_red (zeros
-off the diagonal blocks), in float32 at HIGHEST precision. Rounding matches
+With a Hadamard the chunk is one Hadamard block b (at least 16, Triton's smallest dot, and one
+scale group), and its transform one dense (b, b) matmul in float32 at HIGHEST precision: no work
+on zero off-diagonal blocks, except that b < 16 (or a group longer than b) gives a BlockDiag of
+copies of H_b. Rounding matches
 `int4jax.quantizers.int4_quant.quantize`: round-half-even built from floor (Triton has no round),
 or stochastic floor(v + u), clipped to [qmin, qmax]; a group holding NaN/Inf gets a NaN scale and
 zero integers. The dither u is either computed in the kernel from `seed` (the two words of
@@ -39,9 +41,14 @@ from int4jax.kernels.layout import pad_to, round_up
 from int4jax.quantizers import hadamard, two_level
 
 
+MIN_DOT = 16  # Triton's smallest dot dimension
+
+
 @dataclasses.dataclass(frozen=True)
 class QuantizeBlocks:
-  block_groups: int = 64
+  block_groups: int = 64  # groups per program
+  # chunk length along the reduced axis when there is no Hadamard (with one, the chunk is the
+  # Hadamard block; see quantize_pallas)
   block_red: int = 128
   num_warps: int = 4
 
@@ -243,7 +250,11 @@ def quantize_pallas(x: jax.Array, *, axis: int, qmin: int, qmax: int, hadamard_b
     raise ValueError(f"group={group} must be a power of two dividing the reduced length {n_red}; "
                      "pad first (int4jax.quantizers.pad_to_block)")
   bg = blocks.block_groups
-  br = max(blocks.block_red, b, group if levels > 1 else 1)
+  # The chunk walked along the reduced axis. With a Hadamard it is one Hadamard block (at least
+  # Triton's smallest dot, and a whole scale group), so the chunk's dense transform matrix holds no
+  # zero blocks beyond those minimums; without one, blocks.block_red.
+  min_chunk = group if levels > 1 else 1
+  br = max(b, MIN_DOT, min_chunk) if b > 1 else max(blocks.block_red, min_chunk)
   gp, rp = round_up(max(n_groups, 1), bg), round_up(max(n_red, 1), br)
 
   # Zero padding: padded groups are all-zero (scale 1, sliced off); padded reduced entries add
