@@ -12,8 +12,9 @@ Every GEMM operand of `int4_linear` is "quantize groups of a 2-D array along one
 so one kernel covers all four: `axis` is the reduced axis (1: a scale per row, 0: per column),
 `rows`/`row_weights` gather and weight dim-0 rows first, `transpose_out` writes the int8 result
 transposed. One program owns `block_groups` groups; it walks the reduced axis in chunks
-(`block_red` long, or one Hadamard block, below) twice (pass 1: abs-max of the transformed values, pass 2: quantize and store), so any
-length fits in registers and the input is read twice, never written back in float.
+(`block_red` long, or one Hadamard block, below) twice (pass 1: abs-max of the transformed
+values, pass 2: quantize and store), so any length fits in registers and the input is read
+twice, never written back in float.
 
 With a Hadamard the chunk is one Hadamard block b (at least 16, Triton's smallest dot, and one
 scale group), and its transform one dense (b, b) matmul in float32 at HIGHEST precision: no work
