@@ -58,8 +58,8 @@ class Int4Config:
   # m = ceil(L * groupmax / R), try the next scale_search - 1 smaller ones and keep the one with
   # the least squared error (a finer step that may clip the group's largest values). 1: the ceil
   # rule alone (nothing clips). 2 lowers the forward error on MiniLM's real layers
-  # (experiments/results/bert_layer_errors.md) but did not raise polarity accuracy in training
-  # (variant int4-search, experiments/results/bert_polarity.md), so it is off. No effect with
+  # (experiments/results/bert_layer_errors.md) but did not raise BERT accuracy on either task
+  # (variant int4-search, experiments/results/bert_summary.md), so it is off. No effect with
   # scale_levels=1, nor on stochastically rounded operands (a forward_rounding="stochastic"
   # call with a key keeps the ceil rule, so it stays unbiased; without a key, as in evaluation
   # and packed serving, it rounds to nearest and searches).
