@@ -84,7 +84,7 @@ def _quantizer(platform):
     seed = None if key is None else dither_seed(key)  # the kernel hashes the dither itself
     q, scale = pallas_quantize.quantize_pallas(
         x, axis=axis, qmin=qmin, qmax=qmax, seed=seed, group=group, levels=levels,
-        search=search if key is None else 1, interpret=interpret)
+        search=search, interpret=interpret)  # the kernel ignores search when seeded
     return q, (scale[:, None] if axis == 1 else scale[None, :])
   return quantize
 
