@@ -25,6 +25,15 @@ def test_bit_exact_vs_numpy_int64(impl, m, k, n):
   np.testing.assert_array_equal(np.asarray(out_t, np.int64), want)
 
 
+def test_empty_operands_give_zeros():
+  """The dW layout (lhs contracting dim 0) with no tokens, and with no output rows."""
+  for a, b in [(jnp.zeros((0, 3), jnp.int8), jnp.zeros((0, 4), jnp.int8)),
+               (jnp.zeros((5, 0), jnp.int8), jnp.zeros((5, 4), jnp.int8))]:
+    out = int_gemm.int_gemm_xla(a, b, ((0,), (0,)))
+    assert out.shape == (a.shape[1], 4) and out.dtype == jnp.int32
+    np.testing.assert_array_equal(out, 0)
+
+
 def test_extreme_values_accumulate_exactly():
   k = 4096
   a = jnp.full((2, k), -128, jnp.int8)

@@ -272,6 +272,33 @@ def test_grad_jaxpr_has_three_integer_gemms(config):
       assert eqn.invars[1].aval.shape == (32, 32) or eqn.invars[0].aval.shape == (32, 32)
 
 
+def _fused_computations(hlo: str):
+  """The bodies of the fused computations in a compiled HLO module's text."""
+  return [block for block in hlo.split("\n\n") if block.lstrip().startswith("%fused_")]
+
+
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="XLA:CPU's fusion and dot layouts")
+@pytest.mark.parametrize("config", [Int4Config(), Int4Config(scale_levels=1),
+                                    Int4Config(lss="systematic")])
+def test_cpu_backward_copies_the_int8_operand_instead_of_requantizing_it(config):
+  """dW's GEMM needs Xq transposed (XLA:CPU's int8 dot is slow when the lhs contracts its first
+  dim). The copy must read the int8 Xq: a fusion that transposes while rounding recomputes the
+  quantizer in column order, the largest cost of the backward after the GEMMs. And no int8 dot
+  may be left with its lhs contracting dim 0."""
+  x, w = make_xw(512, 256, 128)
+  loss = lambda x, w: jnp.sum(int4_linear(x, w, key=KEY, config=config) ** 2)
+  hlo = jax.jit(jax.grad(loss, argnums=(0, 1))).lower(x, w).compile().as_text()
+  fused = _fused_computations(hlo)
+  assert fused, "no fused computations found in the compiled HLO"
+  for body in fused:
+    rounds = "round-nearest-even(" in body or "floor(" in body
+    int8_transpose = any(" = s8[" in line and " transpose(" in line for line in body.splitlines())
+    assert not (rounds and int8_transpose), body
+  slow = [line for line in hlo.splitlines()
+          if " dot(" in line and "s8[" in line and "lhs_contracting_dims={0}" in line]
+  assert not slow, slow
+
+
 class TestTransforms(chex.TestCase):
 
   @chex.variants(with_jit=True, without_jit=True)
