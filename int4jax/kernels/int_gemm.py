@@ -42,10 +42,11 @@ def _row_major_transpose(a: jax.Array) -> jax.Array:
     the slow lhs-contracts-dim-0 dot; a barrier on a.T with a unit dim added (which XLA lays
     out row major) stops both;
   - loop fusion pulls the quantizer that produced `a` into the copy and recomputes it in
-    transposed order, reading its float input with a row-length stride (about 45 ms for
-    (4096, 2048) on 2 cores, against about 2 ms for the copy alone). A conditional is a fusion
-    boundary: inside it `a` is a materialized parameter. Both branches are the same copy, so
-    the predicate (any runtime scalar; a[0, 0] here) never changes the result.
+    transposed order, reading its float input with a row-length stride, many times slower than
+    the copy alone (experiments/results/bench_cpu_linear_3cabe91.txt is the benchmark before
+    this). A conditional is a fusion boundary: inside it `a` is a materialized parameter.
+    Both branches are the same copy, so the predicate (any runtime scalar; a[0, 0] here) never
+    changes the result.
   Both dims stay dims, so a sharded operand stays sharded (flattening it made GSPMD gather it
   whole). The barrier alone does not stop fusion: XLA:CPU expands barriers before it fuses.
   """
@@ -58,9 +59,9 @@ def _row_major_transpose(a: jax.Array) -> jax.Array:
 def int_gemm_xla(a: jax.Array, b: jax.Array, contracting) -> jax.Array:
   """lax.dot_general(int8, int8) -> int32: cuBLAS int8 GEMM on GPU, exact everywhere.
 
-  XLA:CPU's int8 dot is ~4.5x slower when the lhs contracts over its first dim (dW's
-  X^T dY layout: 272 ms vs 58 ms at 2048^3 on 2 cores), so on CPU that lhs is transposed
-  into a row-major copy first (one int8 pass, ~1 ms).
+  XLA:CPU's int8 dot is several times slower when the lhs contracts over its first dim (dW's
+  X^T dY layout), so on CPU that lhs is first copied transposed (one int8 pass; see
+  `_row_major_transpose`).
   """
   check_int8_operands(a, b)
   (ca,), (cb,) = contracting
