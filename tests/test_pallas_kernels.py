@@ -303,6 +303,36 @@ def test_mosaic_gemm_lowers_for_cuda_without_a_gpu(m, n, k, out_dtype):
   assert "mosaic_gpu" in text
 
 
+def _mosaic_module_text(fn, *avals) -> str:
+  """The Mosaic GPU module inside the lowered custom call, as MLIR text."""
+  from jax._src.interpreters import mlir
+  from jax._src.lib.mlir import ir
+  module = jax.jit(fn).trace(*avals).lower(lowering_platforms=("cuda",)).compiler_ir("stablehlo")
+  blobs = [op.attributes["mhlo.backend_config"]["module"]
+           for func in module.body.operations for block in func.regions[0].blocks
+           for op in block.operations if op.name == "stablehlo.custom_call"]
+  assert len(blobs) == 1, f"expected one Mosaic GPU call, found {len(blobs)}"
+  with mlir.make_ir_context() as ctx:
+    ctx.allow_unregistered_dialects = True
+    return str(ir.Module.parse(bytes(ir.StringAttr(blobs[0]).value_bytes)))
+
+
+@pytest.mark.parametrize("in_flight,k", [(1, 384), (1, 128), (0, 384), (2, 640)])
+def test_mosaic_gemm_keeps_wgmmas_in_flight_across_pipeline_steps(in_flight, k):
+  """Each K step waits only until `wgmma_in_flight` wgmma groups are left running (the stage they
+  read is released that many steps late), and the epilogue waits for all of them."""
+  from int4jax.kernels import mosaic_gemm
+  s = jax.ShapeDtypeStruct
+  blocks = mosaic_gemm.MosaicBlocks(wgmma_in_flight=in_flight)
+  text = _mosaic_module_text(
+      lambda a, b: mosaic_gemm.scaled_gemm_mosaic(a, b, blocks=blocks),
+      s((256, k), jnp.int8), s((128, k), jnp.int8))
+  waits = re.findall(r"nvvm\.wgmma\.wait\.group\.sync\.aligned\"\(\) \{group = (\d+)", text)
+  assert "wgmma.mma_async" in text and "s8" in text
+  assert sorted(set(map(int, waits))) == sorted({in_flight, 0}), waits
+  assert waits[-1] == "0", "the accumulator is read before its last wgmma finished"
+
+
 def test_mosaic_gemm_bad_input_is_refused():
   from int4jax.kernels import mosaic_gemm
   a = jnp.zeros((64, 128), jnp.int8)
@@ -312,6 +342,8 @@ def test_mosaic_gemm_bad_input_is_refused():
     mosaic_gemm.scaled_gemm_mosaic(a, a, out_dtype=jnp.int32)
   with pytest.raises(ValueError, match="tile_m % 64"):
     mosaic_gemm.MosaicBlocks(tile_m=32)
+  with pytest.raises(ValueError, match="wgmma_in_flight < max_concurrent_steps"):
+    mosaic_gemm.MosaicBlocks(max_concurrent_steps=2, wgmma_in_flight=2)
 
 
 @pytest.mark.parametrize("arch,instruction", [

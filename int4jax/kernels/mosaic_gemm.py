@@ -6,14 +6,18 @@ Same contract and reference as `pallas_gemm` (`scaled_gemm_reference`), for the 
 tensor cores read without a copy: A is (M, K) and B is given as B^T, (N, K) — both K-major, as
 integer wgmma requires. One CTA (one warpgroup) owns a (tile_m, tile_n) tile of C: TMA copies
 (tile_m, tile_k) and (tile_n, tile_k) int8 tiles into swizzled shared memory through a
-`max_concurrent_steps`-deep pipeline over K; each step is one wgmma into the int32 accumulator.
+`max_concurrent_steps`-deep pipeline over K; each step issues one wgmma into the int32
+accumulator and then waits only until at most `wgmma_in_flight` (1 by default) are still running,
+so the tensor cores work on step k while step k+1 is issued. A stage's shared-memory buffers are
+refilled only once the wgmma that reads them has finished: the pipeline delays their release by
+the same count (`BlockSpec(delay_release=...)`), and the last wgmma is awaited before the epilogue.
 The epilogue loads the two scale vectors into the accumulator's row/column layouts, scales in
 float32 and stores through shared memory with TMA.
 
-Hopper only (sm_90a); it does not run on CPU, not even in Pallas's interpreter, so its CPU test
-is that it lowers for CUDA; tests marked `gpu` compare it with the reference on a GPU. This is a
-straightforward (non-warp-specialized, non-persistent) kernel; JAX's hopper_matmul_mgpu.py shows
-the further steps (warp specialization, persistent grid, tiled epilogue).
+Hopper only (sm_90a); it does not run on CPU, not even in Pallas's interpreter, so its CPU tests
+lower it for CUDA and read the Mosaic GPU module (wgmma types, the wait counts); tests marked
+`gpu` compare it with the reference on a GPU. It is one warpgroup per CTA, not warp-specialized
+and not persistent; JAX's hopper_matmul_mgpu.py shows those further steps.
 """
 
 import dataclasses
@@ -34,12 +38,17 @@ class MosaicBlocks:
   tile_m: int = 128
   tile_n: int = 128
   tile_k: int = 128  # 128 int8 = one 128-byte swizzle row
-  max_concurrent_steps: int = 4
+  max_concurrent_steps: int = 4  # pipeline stages (shared-memory buffers per operand)
+  # wgmma groups left running at the end of each step (0: wait for each before the next copy)
+  wgmma_in_flight: int = 1
 
   def __post_init__(self):
     if self.tile_m % 64 or self.tile_n % 8 or self.tile_k % 32:
       raise ValueError(f"MosaicBlocks needs tile_m % 64 == 0, tile_n % 8 == 0, tile_k % 32 == 0 "
                        f"(wgmma shapes), got {self}")
+    if not 0 <= self.wgmma_in_flight < self.max_concurrent_steps:
+      raise ValueError(f"MosaicBlocks needs 0 <= wgmma_in_flight < max_concurrent_steps (a stage "
+                       f"still read by a running wgmma cannot be refilled), got {self}")
 
 
 def _swizzle_transforms(minor_elems: int, dtype):
@@ -58,16 +67,21 @@ def _kernel(a_gmem, bt_gmem, row_gmem, col_gmem, out_gmem, *, blocks: MosaicBloc
     plgpu.copy_gmem_to_smem(row_gmem.at[m_slice], row_smem, barriers.at[0])
     plgpu.copy_gmem_to_smem(col_gmem.at[n_slice], col_smem, barriers.at[1])
 
+    in_flight = blocks.wgmma_in_flight
+
     def step(_, a_smem, bt_smem):
       plgpu.wgmma(acc_ref, a_smem, plgpu.transpose_ref(bt_smem, (1, 0)))
-      plgpu.wgmma_wait(0)  # the pipeline reuses this stage's buffers next
+      # The stage read `in_flight` steps ago is refilled after this body (delay_release), so
+      # its wgmma must be done: at most `in_flight` newer ones may still run.
+      plgpu.wgmma_wait(in_flight)
 
+    spec = lambda rows: plgpu.BlockSpec((rows, tk), lambda k: (0, k), transforms=in_transforms,
+                                        delay_release=in_flight)
     plgpu.emit_pipeline(
-        step, grid=(k_iters,),
-        in_specs=[plgpu.BlockSpec((tm, tk), lambda k: (0, k), transforms=in_transforms),
-                  plgpu.BlockSpec((tn, tk), lambda k: (0, k), transforms=in_transforms)],
+        step, grid=(k_iters,), in_specs=[spec(tm), spec(tn)],
         max_concurrent_steps=blocks.max_concurrent_steps,
     )(a_gmem.at[m_slice, :], bt_gmem.at[n_slice, :])
+    plgpu.wgmma_wait(0)  # the last steps' wgmmas, before the accumulator is read
 
     plgpu.barrier_wait(barriers.at[0])
     plgpu.barrier_wait(barriers.at[1])
