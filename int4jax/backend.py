@@ -147,12 +147,24 @@ def int_gemm(name: str) -> Callable:
   return _with_sharding_rule(choice.name, raw(choice.platform), False)
 
 
+def k_major(name: str) -> bool:
+  """Whether the op feeds backend `name`'s GEMMs K-major operands (both contracting over dim 1),
+  writing them in that layout when it quantizes (`quantizer`'s layout argument). GPU "auto":
+  yes (every candidate, XLA's cuBLAS int8 GEMM included, reads them)."""
+  choice = describe_backend(name)
+  if choice.name == "auto-tuned":
+    return True
+  return backends.get(choice.name).k_major(choice.platform)
+
+
 def quantizer(name: str) -> Callable:
-  """f(x, axis, qmin, qmax, key, *, group, levels, per_row, clip_ratio, search) -> (int8 values,
-  scales): the one quantizer of every dynamic operand (int4jax/quantizers/two_level.py) of a 2-D
-  x along its contraction `axis`, stochastic when key is given. "pallas" runs the fused quantizer
-  kernel for per-row scales (the same integers, bit for bit); the other backends run the jnp
-  quantizer, which XLA fuses."""
+  """f(x, axis, qmin, qmax, key, *, group, levels, per_row, clip_ratio, search, layout="as_is")
+  -> (int8 values, scales): the one quantizer of every dynamic operand
+  (int4jax/quantizers/two_level.py) of a 2-D x along its contraction `axis`, stochastic when key
+  is given. layout: "as_is", "transposed" or "both" (a pair, x's layout and its transpose; see
+  int4jax.backends.base.LAYOUTS). "pallas" runs the fused quantizer kernel for per-row scales
+  (the same integers, bit for bit, writing both layouts in one pass); the other backends run the
+  jnp quantizer, which XLA fuses."""
   choice = describe_backend(name)
   if choice.name == "auto-tuned":
     return quantize_jnp

@@ -19,6 +19,13 @@ experiments/results/lss_variance.md).
 Residuals: the int8 Xq, Wq and their scales (plus XH, HW in float for LSQ, whose gradient needs
 the rounding residuals).
 
+Layouts: for backends whose GEMMs read both operands K-major (`backend.k_major`: the GPU ones, and
+"pallas" everywhere) every GEMM is fed operands that contract over their dim 1, so no GEMM
+transposes anything. The forward quantizer writes each operand in both layouts from one pass
+(Xq (M, K) for Y and Xq^T (K, M) kept for dW; Wq^T (N, K) for Y and Wq (K, N) kept for dX), and dW's
+dY is quantized straight into (N, M). Other backends get x's own layouts. The integers and the
+float results are the same either way (tests/test_linear.py).
+
 Int32 accumulation is exact while the contraction length K satisfies
 K * max|a| * max|b| <= 2^31 - 1. With A = max|m * q| = 7 L (8 L for int_range="full"):
   forward   K <= (2^31 - 1) / A^2          L = 1: 43,826,196; L = 16 (A = 112): 171,196
@@ -36,6 +43,7 @@ import jax
 import jax.numpy as jnp
 
 from int4jax import backend, fsdp, validation
+from int4jax.backends.base import in_layout
 from int4jax.config import Int4Config
 from int4jax.kernels.int_gemm import max_exact_contraction
 from int4jax.quantizers import bitsplit, hadamard, sampling, two_level
@@ -127,22 +135,24 @@ def forward_keys(key, config: Int4Config):
   return tuple(jax.random.split(jax.random.fold_in(key, 1), 2))
 
 
-def forward_quantize(xh, wh, config: Int4Config, scales: Scales, key=None):
+def forward_quantize(xh, wh, config: Int4Config, scales: Scales, key=None, layout="as_is"):
   """(Xv, s_X, Wv, s_W): the int8 operands (INT4 values times their group multipliers, see
   int4jax/quantizers/two_level.py) and their rank-1 scales ((M, 1) and (1, N), or per tensor ()).
-  key: the op's key; used only with config.forward_rounding='stochastic'."""
+  key: the op's key; used only with config.forward_rounding='stochastic'. layout: as the
+  backend quantizer takes it; "both" makes Xv and Wv pairs (as is, transposed)."""
   qmin, qmax = config.forward_qrange
   key_x, key_w = forward_keys(key, config)
   if config.scale_mode == "lsq":
     sx, sw = (jnp.where(s > 0, s, jnp.nan) for s in scales)
-    xq = quantize.quantize(xh, sx, qmin, qmax)
-    wq = quantize.quantize(wh, sw, qmin, qmax)
+    xq = in_layout(quantize.quantize(xh, sx, qmin, qmax), layout)
+    wq = in_layout(quantize.quantize(wh, sw, qmin, qmax), layout)
     return (xq, quantize.nonfinite_to_nan(sx, xh), wq, quantize.nonfinite_to_nan(sw, wh))
-  xq, sx = quantize_operand(xh, 1, config, key_x)
+  xq, sx = quantize_operand(xh, 1, config, key_x, layout)
   if config.fsdp_axis is None:
-    wq, sw = quantize_operand(wh, 0, config, key_w)
-  else:  # quantized where FSDP keeps the weight, gathered packed
+    wq, sw = quantize_operand(wh, 0, config, key_w, layout)
+  else:  # quantized where FSDP keeps the weight, gathered packed (transposed after the gather)
     wq, sw, _ = _fsdp_quantized_weight(wh, config, key_w)
+    wq = in_layout(wq, layout)
   return xq, sx, wq, sw
 
 
@@ -153,14 +163,14 @@ def _fsdp_quantized_weight(wh, config: Int4Config, key_w):
       lambda t: weight_multipliers(t, config, stochastic=key_w is not None))
 
 
-def quantize_operand(t, axis: int, config: Int4Config, key=None):
+def quantize_operand(t, axis: int, config: Int4Config, key=None, layout="as_is"):
   """(int8 values, scales) of one dynamic-scale forward operand along its contraction `axis`
-  (1 for X, 0 for W), as the forward quantizes it."""
+  (1 for X, 0 for W), as the forward quantizes it; layout as the backend quantizer takes it."""
   qmin, qmax = config.forward_qrange
   return backend.quantizer(config.backend)(
       t, axis, qmin, qmax, key, group=config.scale_group, levels=config.scale_levels,
       per_row=config.scale_mode == "row", clip_ratio=config.scale_clip,
-      search=config.scale_search)
+      search=config.scale_search, layout=layout)
 
 
 def weight_multipliers(wh, config: Int4Config, stochastic: bool = False):
@@ -204,9 +214,10 @@ def _grad_int_max(config: Int4Config) -> int:
   return max(-qmin, qmax)
 
 
-def _quantized_product(g, reduce_axes, gemm_with, config: Int4Config, key):
+def _quantized_product(g, reduce_axes, gemm_with, config: Int4Config, key, layout="as_is"):
   """gemm_with(Q(g), scale) in float: the GEMM of Q's integers with Q's scale (one per kept slice)
-  applied in its epilogue. gemm_with(q, None) is the raw int32 product."""
+  applied in its epilogue. gemm_with(q, None) is the raw int32 product. layout: "transposed"
+  hands gemm_with Q(g)^T (quantized into that layout)."""
   qmin, qmax = config.qrange
   key = key if config.stochastic_rounding else None
   quantize_groups = backend.quantizer(config.backend)
@@ -215,12 +226,13 @@ def _quantized_product(g, reduce_axes, gemm_with, config: Int4Config, key):
       # R*hi + lo is g rounded on the step scale_lo = max|g| / V and clipped to [-V, V]: the
       # plain abs-max quantizer with V levels, bit for bit (tests/test_bitsplit.py).
       v_max = bitsplit.combined_max(config.qrange)
-      v, scale_lo = quantize_groups(g, reduce_axes, -v_max, v_max, key)
+      v, scale_lo = quantize_groups(g, reduce_axes, -v_max, v_max, key, layout=layout)
       return gemm_with(v, scale_lo)
     split = bitsplit.bit_split(g, config.qrange, reduce_axes, key)
-    acc = split.radix * gemm_with(split.hi, None) + gemm_with(split.lo, None)
+    acc = (split.radix * gemm_with(in_layout(split.hi, layout), None)
+           + gemm_with(in_layout(split.lo, layout), None))
     return acc.astype(jnp.float32) * split.scale_lo
-  gq, scale = quantize_groups(g, reduce_axes, qmin, qmax, key)
+  gq, scale = quantize_groups(g, reduce_axes, qmin, qmax, key, layout=layout)
   return gemm_with(gq, scale)
 
 
@@ -272,13 +284,36 @@ def apply_plan(plan, weighted, *others):
   return (weighted,) + tuple(others)
 
 
-def sample_rows(g, xq, config: Int4Config, key):
+def sample_rows(g, xq, config: Int4Config, key, x_transposed: bool = False):
   """Leverage-score sampling of the token rows of dW's GEMM: (weighted g rows, matching xq rows).
-  A row's score is ||g_i|| ||xq_i||, proportional to ||dY_i|| ||X~_i|| when g = dY * s_X."""
+  A row's score is ||g_i|| ||xq_i||, proportional to ||dY_i|| ||X~_i|| when g = dY * s_X.
+  x_transposed: xq is Xq^T (K, M), and its matching columns are kept instead."""
   if config.lss == "off":
     return g, xq
-  scores = jnp.linalg.norm(g, axis=1) * jnp.linalg.norm(xq.astype(jnp.float32), axis=1)
-  return apply_plan(sampling_plan(scores, config, key), g, xq)
+  scores = jnp.linalg.norm(g, axis=1) * _int_norms(xq, 0 if x_transposed else 1)
+  plan = sampling_plan(scores, config, key)
+  if not x_transposed:
+    return apply_plan(plan, g, xq)
+  (g,) = apply_plan(plan, g)
+  return g, _kept_columns(plan, xq)
+
+
+def _int_norms(q, axis: int):
+  """The Euclidean norms of int8 q along `axis`: squares summed in int32, which is exact in any
+  order (the forward's length check bounds K * max|q|^2 by 2^31 - 1), then one float sqrt."""
+  return jnp.sqrt(jnp.sum(jnp.square(q.astype(jnp.int32)), axis=axis).astype(jnp.float32))
+
+
+def _kept_columns(plan, a):
+  """The columns of a (K, M) that `plan` keeps, in the order apply_plan keeps rows."""
+  idx, _ = plan
+  if idx is None:
+    return a
+  blocks = idx.shape[0]
+  if blocks == 1:
+    return a[:, idx[0]]
+  per_block = a.reshape(a.shape[0], blocks, -1)
+  return jnp.take_along_axis(per_block, idx[None], axis=2).reshape(a.shape[0], -1)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
@@ -289,21 +324,31 @@ def _int4_matmul(config: Int4Config, xh, wh, scales, key):
 def _forward(config, xh, wh, scales, key):
   op_max = _operand_max(config)
   _check_length(xh.shape[1], op_max, op_max, "forward")
+  k_major = backend.k_major(config.backend)
+  layout = "both" if k_major else "as_is"
   if config.fsdp_axis is None:
-    xq, sx, wq, sw = forward_quantize(xh, wh, config, scales, key)
-    kept = wq
+    xq, sx, wq, sw = forward_quantize(xh, wh, config, scales, key, layout)
+    shards = None
   else:  # FSDP: the backward gathers the packed shards again rather than keep the whole wq
     key_x, key_w = forward_keys(key, config)
-    xq, sx = quantize_operand(xh, 1, config, key_x)
+    xq, sx = quantize_operand(xh, 1, config, key_x, layout)
     wq, sw, shards = _fsdp_quantized_weight(wh, config, key_w)
-    kept = wq if shards is None else shards
-  y = backend.scaled_gemm(config.backend)(xq, wq, ((1,), (0,)), sx, sw)
+    wq = in_layout(wq, layout)
+  if k_major:  # Y from Xq (M, K) and Wq^T (N, K); Xq^T (K, M) kept for dW, Wq (K, N) for dX
+    (xq, x_kept), (w_kept, wq_t) = xq, wq
+    y = backend.scaled_gemm(config.backend)(xq, wq_t, ((1,), (1,)), sx, sw)
+  else:
+    x_kept, w_kept = xq, wq
+    y = backend.scaled_gemm(config.backend)(xq, wq, ((1,), (0,)), sx, sw)
   lsq = (xh, wh, scales) if config.scale_mode == "lsq" else None
-  return y, (xq, sx, kept, sw, key, lsq, wh.shape[0])
+  kept = w_kept if shards is None else shards
+  return y, (x_kept, sx, kept, sw, key, lsq, wh.shape[0])
 
 
 def _backward(config, residuals, dy):
+  # xq is Xq (M, K), or Xq^T (K, M) for a K-major backend; wq is Wq (K, N) either way.
   xq, sx, wq, sw, key, lsq, padded = residuals
+  k_major = backend.k_major(config.backend)
   if isinstance(wq, tuple):  # FSDP's packed shards
     wq = fsdp.regather(wq, config, padded)
   if key is None and config.needs_key:
@@ -317,10 +362,11 @@ def _backward(config, residuals, dy):
   # keeps such a row: its score is not finite, so p = 1); the float backward marks it here.
   col_finite = (jnp.all(jnp.isfinite(g_dw), axis=0, keepdims=True)
                 if config.grad_mode == "float" else None)
-  g_dw, x_rows = sample_rows(g_dw, xq, config, key_lss)
+  g_dw, x_rows = sample_rows(g_dw, xq, config, key_lss, x_transposed=k_major)
   if config.grad_mode == "float":
     dxh = g_dx @ wq.astype(jnp.float32).T
-    dwh = jnp.where(col_finite, x_rows.astype(jnp.float32).T @ g_dw, jnp.nan)
+    x_rows_t = x_rows.astype(jnp.float32) if k_major else x_rows.astype(jnp.float32).T
+    dwh = jnp.where(col_finite, x_rows_t @ g_dw, jnp.nan)
   else:
     g_max, x_max = _grad_int_max(config), _operand_max(config)
     _check_length(g_dx.shape[1], g_max, x_max, "dX")
@@ -329,9 +375,12 @@ def _backward(config, residuals, dy):
     dxh = _quantized_product(
         g_dx, 1, lambda a, s: (igemm(a, wq, ((1,), (1,))) if s is None else
                                sgemm(a, wq, ((1,), (1,)), s, None)), config, key_dx)
+    # K-major: Xq^T (K, M) with Q(g_dw) quantized straight into (N, M).
+    dw_dims = ((1,), (1,)) if k_major else ((0,), (0,))
     dwh = _quantized_product(
-        g_dw, 0, lambda a, s: (igemm(x_rows, a, ((0,), (0,))) if s is None else
-                               sgemm(x_rows, a, ((0,), (0,)), None, s)), config, key_dw)
+        g_dw, 0, lambda a, s: (igemm(x_rows, a, dw_dims) if s is None else
+                               sgemm(x_rows, a, dw_dims, None, s)), config, key_dw,
+        layout="transposed" if k_major else "as_is")
   if config.fsdp_axis is not None:
     dwh = fsdp.shard_weight_gradient(dwh, config)
   if lsq is None:

@@ -163,6 +163,28 @@ def test_fused_quantizer_matches_reference(case):
     assert int(jnp.max(jnp.abs(q))) > kw["qmax"]
 
 
+@pytest.mark.parametrize("case", ["fwd_x", "two_level_x", "two_level_w", "dw_dy", "mixed",
+                                  "two_level_g32"])
+def test_fused_quantizer_writes_both_layouts_in_one_pass(case):
+  """both_layouts: the operand and its transpose (the copy a backward GEMM reads K-major) from one
+  kernel, each equal to the reference's integers in that layout."""
+  x, kw = _quant_args(case, np.random.default_rng(17))
+  kw["transpose_out"] = False
+  (q, q_t), s = pallas_quantize.quantize_pallas(x, blocks=SMALL_QUANT, interpret=True,
+                                                both_layouts=True, **kw)
+  (q_ref, q_t_ref), s_ref = pallas_quantize.quantize_reference(x, both_layouts=True, **kw)
+  q_one, _ = pallas_quantize.quantize_pallas(x, blocks=SMALL_QUANT, interpret=True, **kw)
+  n_rows = kw["rows"].shape[0] if "rows" in kw else x.shape[0]
+  assert q.shape == (n_rows, x.shape[1]) and q_t.shape == q.shape[::-1]
+  np.testing.assert_array_equal(q, q_ref)
+  np.testing.assert_array_equal(q_t, q_t_ref)
+  np.testing.assert_array_equal(q, q_one)  # the same integers as the one-layout kernel
+  np.testing.assert_allclose(s, s_ref, rtol=4 * 2 ** -23)
+  with pytest.raises(ValueError, match="leave transpose_out False"):
+    pallas_quantize.quantize_pallas(x, interpret=True, both_layouts=True,
+                                    **dict(kw, transpose_out=True))
+
+
 @pytest.mark.parametrize("case", sorted(c for c in QUANT_CASES if "stochastic" in QUANT_CASES[c]))
 def test_the_kernel_hashes_the_same_dither_as_the_jnp_quantizer(case):
   """With `seed` the kernel computes the dither from the element's flat index (nothing read from
@@ -276,10 +298,12 @@ def test_gemm_lowers_for_cuda_without_a_gpu(layout):
   assert "__gpu$xla.gpu.triton" in text
 
 
-@pytest.mark.parametrize("case", sorted(QUANT_CASES) + ["dw_dy_hashed"])
+@pytest.mark.parametrize("case", sorted(QUANT_CASES) + ["dw_dy_hashed", "two_level_x_both"])
 def test_quantizer_lowers_for_cuda_without_a_gpu(case):
-  hashed = case.endswith("_hashed")
-  x, kw = _quant_args(case.removesuffix("_hashed"), np.random.default_rng(14))
+  hashed, both = case.endswith("_hashed"), case.endswith("_both")
+  x, kw = _quant_args(case.removesuffix("_hashed").removesuffix("_both"),
+                      np.random.default_rng(14))
+  kw["both_layouts"] = both
   if hashed:  # the dither computed in the kernel (uint32 hash) instead of read
     kw["seed"] = int4_quant.dither_seed(jax.random.key(0))
     kw.pop("dither")

@@ -4,7 +4,8 @@ calls `register`; `Int4Config.backend` accepts "auto" and every registered name,
 
 A backend says what it runs on a platform, or why it cannot run there, and gives the three
 functions the op needs: the quantizer of every dynamic operand, the scaled GEMM (int8 x int8 ->
-int32 with rank-1 scales applied after), and the raw int32 GEMM (for the unfused bit split).
+int32 with rank-1 scales applied after), and the raw int32 GEMM (for the unfused bit split); and
+whether its GEMMs want K-major operands, which the op then quantizes straight into.
 """
 
 from int4jax.backends.base import Backend, get, names, register

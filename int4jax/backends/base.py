@@ -25,8 +25,13 @@ def log_once(message: str) -> None:
     logger.info("%s", message)
 
 
-# f(x, axis, qmin, qmax, key, *, group, levels, per_row, clip_ratio, search)
-#   -> (int8 values, scales)
+# The int8 layouts a quantizer writes (its `layout` argument): x's own, x's transpose (what a
+# GEMM contracting over x's dim 0 reads K-major), or both from one pass, returned as a pair
+# (x's layout, transposed).
+LAYOUTS = ("as_is", "transposed", "both")
+
+# f(x, axis, qmin, qmax, key, *, group, levels, per_row, clip_ratio, search, layout="as_is")
+#   -> (int8 values, or the pair for layout="both"; scales)
 Quantizer = Callable
 # f(a, b, contracting, row_scale=None, col_scale=None) -> float32
 ScaledGemm = Callable
@@ -34,9 +39,22 @@ ScaledGemm = Callable
 IntGemm = Callable
 
 
-def quantize_jnp(x, axis, qmin, qmax, key, **two_level_settings):
-  """The jnp two-level quantizer (int4jax/quantizers/two_level.py); XLA fuses it."""
-  return two_level.quantize_two_level(x, axis, qmin, qmax, key=key, **two_level_settings)
+def check_layout(layout: str) -> None:
+  if layout not in LAYOUTS:
+    raise ValueError(f"quantizer layout must be one of {LAYOUTS}, got {layout!r}")
+
+
+def in_layout(q, layout: str):
+  """The int8 array q as `layout` asks (see LAYOUTS), transposed by XLA where needed."""
+  check_layout(layout)
+  return {"as_is": q, "transposed": q.T, "both": (q, q.T)}[layout]
+
+
+def quantize_jnp(x, axis, qmin, qmax, key, layout="as_is", **two_level_settings):
+  """The jnp two-level quantizer (int4jax/quantizers/two_level.py); XLA fuses it, and its
+  transposed copies, into the surrounding ops."""
+  q, scale = two_level.quantize_two_level(x, axis, qmin, qmax, key=key, **two_level_settings)
+  return in_layout(q, layout), scale
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,6 +73,10 @@ class Backend:
   int_gemm: Optional[Callable[[str], IntGemm]] = None
   # platform -> the quantizer; default: the jnp quantizer
   quantizer: Callable[[str], Quantizer] = lambda platform: quantize_jnp
+  # platform -> whether the op hands this backend's GEMMs K-major operands (contracting dim 1 of
+  # both, as s8 tensor-core MMAs read them), quantizing straight into those layouts; default: on
+  # GPUs (cuBLAS's int8 GEMM wants them too), not on CPU (XLA:CPU's dot takes either)
+  k_major: Callable[[str], bool] = lambda platform: platform in GPU
   # platform -> whether its kernels run in an interpreter there (slow; for tests)
   interprets: Callable[[str], bool] = lambda platform: False
   # whether GPU "auto" times this backend as a candidate (where it is available)

@@ -1,12 +1,14 @@
 """"mosaic": the Pallas Mosaic GPU GEMM (int4jax/kernels/mosaic_gemm.py, Hopper s8 wgmma),
-epilogue fused. Operands not already K-major are transposed by XLA first. The raw int32 sums
+epilogue fused, fed by the fused quantizer kernel (int4jax/kernels/pallas_quantize.py), which
+writes every operand K-major, as wgmma reads it (int4jax/linear.py, "Layouts"). An operand
+handed over in another layout (a direct call) is transposed by XLA first. The raw int32 sums
 that only the unfused bit split needs come from XLA's int8 dot."""
 
 import jax
 
-from int4jax.backends.base import GPU, Backend, register, static_contracting
+from int4jax.backends.base import GPU, Backend, register
+from int4jax.backends.pallas import fused_quantizer
 from int4jax.kernels import mosaic_gemm
-
 
 
 def is_hopper() -> bool:
@@ -38,6 +40,8 @@ def _unavailable(platform):
 MOSAIC = register(Backend(
     name="mosaic",
     unavailable=_unavailable,
-    reason=lambda platform: "Pallas Mosaic GPU; raw int32 sums (fuse_bitsplit=False) via XLA",
+    reason=lambda platform: ("Pallas Mosaic GPU GEMM fed K-major by the fused quantizer kernel; "
+                             "raw int32 sums (fuse_bitsplit=False) via XLA"),
     scaled_gemm=_scaled,
+    quantizer=fused_quantizer,
 ))

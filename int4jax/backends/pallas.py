@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 
 from int4jax import tuning
-from int4jax.backends.base import (GPU, Backend, log_once, quantize_jnp, register,
+from int4jax.backends.base import (GPU, Backend, check_layout, log_once, quantize_jnp, register,
                                    static_contracting)
 from int4jax.kernels import int_gemm, pallas_gemm, pallas_quantize
 from int4jax.quantizers.int4_quant import dither_seed
@@ -70,21 +70,26 @@ def _int_gemm(platform):
   return gemm
 
 
-def _quantizer(platform):
+def fused_quantizer(platform):
+  """The fused quantizer kernel (int4jax/kernels/pallas_quantize.py) as a backend quantizer:
+  compiled on a CUDA GPU, interpreted elsewhere; jnp for per-tensor or clipped scales (logged).
+  The GPU backends whose GEMMs are other kernels ("mosaic", "triton") use it too."""
   interpret = platform not in GPU
 
   def quantize(x, axis, qmin, qmax, key, group=16, levels=1, per_row=True, clip_ratio=None,
-               search=1):
+               search=1, layout="as_is"):
     if not per_row or clip_ratio is not None:
       # A per-tensor scale needs a global max first, and the clipped range an RMS whose sum
       # order the kernel cannot match bit for bit: the jnp quantizer, logged once.
-      log_once("int4jax backend 'pallas': quantizer: jnp for per-tensor / clipped scales")
+      log_once("int4jax fused quantizer: jnp for per-tensor / clipped scales")
       return quantize_jnp(x, axis, qmin, qmax, key, group=group, levels=levels,
-                          per_row=per_row, clip_ratio=clip_ratio, search=search)
+                          per_row=per_row, clip_ratio=clip_ratio, search=search, layout=layout)
+    check_layout(layout)
     seed = None if key is None else dither_seed(key)  # the kernel hashes the dither itself
     q, scale = pallas_quantize.quantize_pallas(
         x, axis=axis, qmin=qmin, qmax=qmax, seed=seed, group=group, levels=levels,
-        search=search, interpret=interpret)  # the kernel ignores search when seeded
+        search=search, transpose_out=layout == "transposed", both_layouts=layout == "both",
+        interpret=interpret)  # the kernel ignores search when seeded
     return q, (scale[:, None] if axis == 1 else scale[None, :])
   return quantize
 
@@ -110,6 +115,8 @@ PALLAS = register(Backend(
     reason=_reason,
     scaled_gemm=_scaled,
     int_gemm=_int_gemm,
-    quantizer=_quantizer,
+    quantizer=fused_quantizer,
     interprets=lambda platform: platform not in GPU,
+    # K-major also when interpreted, so that the CPU tests run the layouts a GPU gets
+    k_major=lambda platform: True,
 ))

@@ -1,10 +1,11 @@
 """"triton": the jax-triton GEMM (int4jax/kernels/triton_gemm.py), epilogue fused; CUDA GPUs
-with the `int4jax[triton]` extra. The kernel pipelines only K-major operands, so the others are
-transposed by XLA first (one int8 copy each)."""
+with the `int4jax[triton]` extra. The kernel pipelines only K-major operands: the fused quantizer
+kernel (int4jax/kernels/pallas_quantize.py) writes them so (int4jax/linear.py, "Layouts"), and an
+operand handed over in another layout (a direct call) is transposed by XLA first."""
 
 from int4jax.backends.base import GPU, Backend, register, static_contracting
+from int4jax.backends.pallas import fused_quantizer
 from int4jax.kernels import triton_gemm
-
 
 
 
@@ -29,8 +30,9 @@ def _unavailable(platform):
 TRITON = register(Backend(
     name="triton",
     unavailable=_unavailable,
-    reason=lambda platform: "jax-triton; operands that are not K-major are transposed by XLA first",
+    reason=lambda platform: "jax-triton GEMM fed K-major by the fused quantizer kernel",
     scaled_gemm=_scaled,
     int_gemm=lambda platform: lambda a, b, c: triton_gemm.scaled_gemm_triton(
         a, b, contracting=static_contracting(c)),
+    quantizer=fused_quantizer,
 ))

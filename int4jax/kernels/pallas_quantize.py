@@ -11,7 +11,9 @@ Every GEMM operand of `int4_linear` is "quantize groups of a 2-D array along one
 
 so one kernel covers all four: `axis` is the reduced axis (1: a scale per row, 0: per column),
 `rows`/`row_weights` gather and weight dim-0 rows first, `transpose_out` writes the int8 result
-transposed. One program owns `block_groups` groups; it walks the reduced axis in chunks
+transposed, and `both_layouts` writes it twice from the same registers, as is and transposed:
+a forward operand's K-major copy for its own GEMM and the copy a backward GEMM reads K-major
+(X (M, K) and X^T (K, M) for dW; W^T (N, K) and W (K, N) for dX), in one pass over the input. One program owns `block_groups` groups; it walks the reduced axis in chunks
 (`block_red` long, or one Hadamard block, below) twice (pass 1: abs-max of the transformed
 values, pass 2: quantize and store), so any length fits in registers and the input is read
 twice, never written back in float.
@@ -110,10 +112,12 @@ def _hash_uniform(index, seed0, seed1):
   return ((h >> 16).astype(jnp.float32) + 0.5) * (1.0 / 65536)
 
 
-def _kernel(*refs, axis, gather, weighted, dither_mode, transform, groups_first, num_chunks,
-            block_red, qmin, qmax, group, levels, search, n_cols):
+def _kernel(*refs, axis, gather, weighted, dither_mode, transform, groups_first, both_layouts,
+            num_chunks, block_red, qmin, qmax, group, levels, search, n_cols):
   refs = list(refs)
-  s_ref, q_ref = refs.pop(), refs.pop()
+  s_ref = refs.pop()
+  q_other_ref = refs.pop() if both_layouts else None  # the reduced-first copy
+  q_ref = refs.pop()
   x_ref = refs.pop(0)
   idx_ref = refs.pop(0) if gather else None
   w_ref = refs.pop(0) if weighted else None
@@ -187,10 +191,10 @@ def _kernel(*refs, axis, gather, weighted, dither_mode, transform, groups_first,
       v = v * mult
     q = jnp.where(jnp.isfinite(v), v, 0.0).astype(jnp.int8)
     red = pl.ds(pl.multiple_of(c * block_red, block_red), block_red)
-    if groups_first:
+    if groups_first or both_layouts:
       q_ref[:, red] = q
-    else:
-      q_ref[red, :] = q.T
+    if both_layouts or not groups_first:
+      (q_other_ref if both_layouts else q_ref)[red, :] = q.T
     return 0
 
   lax.fori_loop(0, num_chunks, store, 0)
@@ -202,13 +206,13 @@ def _block_diag_hadamard(block: int, size: int) -> jax.Array:
 
 
 @functools.partial(jax.jit, static_argnames=("axis", "qmin", "qmax", "hadamard_block", "group",
-                                             "levels", "search", "transpose_out", "blocks",
-                                             "interpret"))
+                                             "levels", "search", "transpose_out",
+                                             "both_layouts", "blocks", "interpret"))
 def quantize_pallas(x: jax.Array, *, axis: int, qmin: int, qmax: int, hadamard_block: int = 1,
                     group: int = 16, levels: int = 1, search: int = 1,
                     rows: Optional[jax.Array] = None, row_weights: Optional[jax.Array] = None,
                     dither: Optional[jax.Array] = None, seed: Optional[jax.Array] = None,
-                    transpose_out: bool = False,
+                    transpose_out: bool = False, both_layouts: bool = False,
                     blocks: QuantizeBlocks = QuantizeBlocks(), interpret: bool = False):
   """(int8 values, float32 scales) of the groups of x (2-D) along `axis`; see the module doc.
 
@@ -222,7 +226,9 @@ def quantize_pallas(x: jax.Array, *, axis: int, qmin: int, qmax: int, hadamard_b
     `int4_quant.dither_seed(key)` (the kernel hashes the dither of `uniform_dither(key, shape)`
     itself, shape being the gathered one), or dither, that U(0, 1) noise as an array; neither
     rounds to nearest. hadamard_block must divide x's reduced length.
-  Returns q with the gathered shape (transposed if transpose_out) and scales of shape (groups,).
+  Returns q with the gathered shape (transposed if transpose_out) and scales of shape (groups,);
+  with both_layouts, ((q, q.T), scales), both written by the same pass (transpose_out must then
+  be False).
   """
   if x.ndim != 2 or axis not in (0, 1):
     raise ValueError(f"quantize_pallas takes a 2-D array and axis 0 or 1, got {x.shape}, {axis}")
@@ -236,6 +242,9 @@ def quantize_pallas(x: jax.Array, *, axis: int, qmin: int, qmax: int, hadamard_b
       raise ValueError(f"{name} must have shape {want}, got {v.shape}")
   if dither is not None and seed is not None:
     raise ValueError("quantize_pallas takes a dither array or a seed, not both")
+  if both_layouts and transpose_out:
+    raise ValueError("quantize_pallas: both_layouts already writes the transposed copy; leave "
+                     "transpose_out False")
   if seed is not None and seed.dtype != jnp.uint32:
     raise TypeError(f"seed must be uint32 (int4_quant.dither_seed(key)), got {seed.dtype}")
   n_groups, n_red = (shape[0], shape[1]) if axis == 1 else (shape[1], shape[0])
@@ -289,29 +298,39 @@ def quantize_pallas(x: jax.Array, *, axis: int, qmin: int, qmax: int, hadamard_b
   kernel = functools.partial(
       _kernel, axis=axis, gather=rows is not None, weighted=row_weights is not None,
       dither_mode="array" if dither is not None else ("hash" if seed is not None else None),
-      transform=b > 1, groups_first=groups_first, num_chunks=rp // br, block_red=br, qmin=qmin,
+      transform=b > 1, groups_first=groups_first, both_layouts=both_layouts,
+      num_chunks=rp // br, block_red=br, qmin=qmin,
       qmax=qmax, group=group, levels=levels,
       search=search if dither is None and seed is None else 1, n_cols=shape[1])
-  q, scale = pl.pallas_call(
+  groups_out = (jax.ShapeDtypeStruct((gp, rp), jnp.int8), pl.BlockSpec((bg, rp), lambda i: (i, 0)))
+  red_out = (jax.ShapeDtypeStruct((rp, gp), jnp.int8), pl.BlockSpec((rp, bg), lambda i: (0, i)))
+  # Output order: the groups-first array (if written), the reduced-first one (if written), scales.
+  outs = [groups_out, red_out] if both_layouts else [groups_out if groups_first else red_out]
+  outs.append((jax.ShapeDtypeStruct((gp,), jnp.float32), pl.BlockSpec((bg,), lambda i: (i,))))
+  *qs, scale = pl.pallas_call(
       kernel,
-      out_shape=(jax.ShapeDtypeStruct((gp, rp) if groups_first else (rp, gp), jnp.int8),
-                 jax.ShapeDtypeStruct((gp,), jnp.float32)),
+      out_shape=tuple(shape for shape, _ in outs),
       grid=(gp // bg,),
       in_specs=in_specs,
-      out_specs=(pl.BlockSpec((bg, rp), lambda i: (i, 0)) if groups_first else
-                 pl.BlockSpec((rp, bg), lambda i: (0, i)),
-                 pl.BlockSpec((bg,), lambda i: (i,))),
+      out_specs=tuple(spec for _, spec in outs),
       compiler_params=plt.CompilerParams(num_warps=blocks.num_warps, num_stages=1),
       interpret=interpret,
       name="int4jax_quantize",
   )(*operands)
-  q_rows, q_cols = (n_groups, n_red) if groups_first else (n_red, n_groups)
-  return q[:q_rows, :q_cols], scale[:n_groups]
+  groups_q = lambda q: q[:n_groups, :n_red]
+  red_q = lambda q: q[:n_red, :n_groups]
+  scale = scale[:n_groups]
+  if both_layouts:  # (x's layout, its transpose)
+    as_is, transposed = (groups_q(qs[0]), red_q(qs[1])) if axis == 1 else (red_q(qs[1]),
+                                                                         groups_q(qs[0]))
+    return (as_is, transposed), scale
+  return (groups_q if groups_first else red_q)(qs[0]), scale
 
 
 def quantize_reference(x: jax.Array, *, axis: int, qmin: int, qmax: int, hadamard_block: int = 1,
                        group: int = 16, levels: int = 1, search: int = 1, rows=None,
-                       row_weights=None, dither=None, key=None, transpose_out: bool = False):
+                       row_weights=None, dither=None, key=None, transpose_out: bool = False,
+                       both_layouts: bool = False):
   """Pure-jnp meaning of `quantize_pallas`: the library's own quantizer (gather, weight, block
   Hadamard, then int4jax.quantizers.two_level). key: stochastic rounding with
   uniform_dither(key, shape) (the kernel's `seed` is dither_seed(key))."""
@@ -323,4 +342,6 @@ def quantize_reference(x: jax.Array, *, axis: int, qmin: int, qmax: int, hadamar
   x = hadamard.block_hadamard(x, hadamard_block, axis)
   q, scale = two_level.quantize_two_level(x, axis, qmin, qmax, group=group, levels=levels,
                                           search=search, dither=dither, key=key)
+  if both_layouts:
+    return (q, q.T), scale.reshape(-1)
   return (q.T if transpose_out else q), scale.reshape(-1)
