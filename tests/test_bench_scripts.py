@@ -27,11 +27,13 @@ def test_bench_gemm_writes_every_row(tmp_path):
              "--out", str(tmp_path)])
   result = _load(tmp_path, "bench_gemm")
   rows = {r["backend"]: r for r in result["rows"]}
+  from int4jax.kernels import mosaic_gemm
+  variants = {f"mosaic:{v}" for v in mosaic_gemm.VARIANTS}
   assert set(rows) == {"xla-bf16", "xla-fp8-e4m3", "xla-int8", "xla-int8+dequant", "pallas",
-                       "mosaic"}
+                       "mosaic"} | variants
   assert rows["xla-bf16"]["speedup_vs_bf16"] == 1.0
   assert rows["pallas"]["median_ms"] > 0  # interpreted on CPU, but it ran and was checked
-  assert "Hopper" in rows["mosaic"]["error"]
+  assert all("Hopper" in rows[name]["error"] for name in variants | {"mosaic"})
   assert "64" in result["xla_int8_dot_custom_call_targets"]
 
 

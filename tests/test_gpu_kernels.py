@@ -56,6 +56,30 @@ def test_scaled_gemm_on_gpu_matches_reference(name, layout, m, n, k):
       a, b, contracting=LAYOUTS[layout]))
 
 
+@pytest.mark.parametrize("variant", ["1wg", "1wg-wait0", "2wg", "2wg-k64x4"])
+@pytest.mark.parametrize("m,n,k", [(1024, 1024, 1024), (333, 200, 520)])
+def test_every_mosaic_variant_on_gpu_matches_reference(variant, m, n, k):
+  """Each kernel variant `int4jax.tune` may pick (mosaic_gemm.VARIANTS), K-major operands."""
+  if not is_hopper():
+    pytest.skip("the Mosaic kernels need a Hopper GPU")
+  from int4jax.kernels import mosaic_gemm
+  a, b_t, row, col = _operands(m, n, k, LAYOUTS["NT"], seed=3)
+  got = mosaic_gemm.scaled_gemm_mosaic(a, b_t, row, col, blocks=mosaic_gemm.VARIANTS[variant])
+  want = pallas_gemm.scaled_gemm_reference(a, b_t, row, col, contracting=LAYOUTS["NT"])
+  np.testing.assert_allclose(got, want, rtol=2 ** -21, atol=2 ** -21 * float(jnp.abs(want).max()))
+
+
+@pytest.mark.parametrize("both", [False, True])
+def test_fused_quantizer_on_gpu_writes_both_layouts(both):
+  x, _ = make_xw(1000, 768, 8, outliers=True)
+  kw = dict(axis=1, qmin=-7, qmax=7, levels=16, both_layouts=both)
+  q, s = pallas_quantize.quantize_pallas(x, **kw)
+  q_ref, s_ref = pallas_quantize.quantize_reference(x, **kw)
+  for got, want in zip(q if both else [q], q_ref if both else [q_ref]):
+    np.testing.assert_array_equal(got, want)
+  np.testing.assert_allclose(s, s_ref, rtol=4 * 2 ** -23)
+
+
 @pytest.mark.parametrize("axis,transpose_out,block", [(1, False, 32), (0, True, 32), (0, False, 1)])
 def test_fused_quantizer_on_gpu_matches_reference(axis, transpose_out, block):
   x, _ = make_xw(1000, 768, 8, outliers=True)

@@ -313,16 +313,19 @@ def test_quantizer_lowers_for_cuda_without_a_gpu(case):
   assert "__gpu$xla.gpu.triton" in text
 
 
+@pytest.mark.parametrize("variant", ["1wg", "2wg"])
 @pytest.mark.parametrize("out_dtype", [jnp.float32, jnp.bfloat16])
 @pytest.mark.parametrize("m,n,k", [(512, 256, 384), (200, 72, 100)])
-def test_mosaic_gemm_lowers_for_cuda_without_a_gpu(m, n, k, out_dtype):
-  """The Mosaic GPU kernel cannot run on CPU (not even interpreted); lowering it checks the
+def test_mosaic_gemm_lowers_for_cuda_without_a_gpu(m, n, k, out_dtype, variant):
+  """The Mosaic GPU kernels cannot run on CPU (not even interpreted); lowering them checks the
   wgmma operand/accumulator types, layouts and TMA shapes (a float32 accumulator, say, fails
   here with "WGMMA with element type i8 only supports accumulators of type s32")."""
   from int4jax.kernels import mosaic_gemm
   s = jax.ShapeDtypeStruct
+  blocks = mosaic_gemm.VARIANTS[variant]
   text = _lowered_for_cuda(
-      lambda a, b, r, c: mosaic_gemm.scaled_gemm_mosaic(a, b, r, c, out_dtype=out_dtype),
+      lambda a, b, r, c: mosaic_gemm.scaled_gemm_mosaic(a, b, r, c, out_dtype=out_dtype,
+                                                        blocks=blocks),
       s((m, k), jnp.int8), s((n, k), jnp.int8), s((m, 1), jnp.float32), s((1, n), jnp.float32))
   assert "mosaic_gpu" in text
 
@@ -341,20 +344,50 @@ def _mosaic_module_text(fn, *avals) -> str:
     return str(ir.Module.parse(bytes(ir.StringAttr(blobs[0]).value_bytes)))
 
 
+def _mosaic_kernel(blocks, m, n, k):
+  """(module text, (threads per CTA, dynamic shared memory bytes)) of the Mosaic GEMM with
+  `blocks` lowered for CUDA at (M, N, K), read from the module's gpu.launch."""
+  from int4jax.kernels import mosaic_gemm
+  s = jax.ShapeDtypeStruct
+  text = _mosaic_module_text(
+      lambda a, b: mosaic_gemm.scaled_gemm_mosaic(a, b, blocks=blocks),
+      s((m, k), jnp.int8), s((n, k), jnp.int8))
+  launch = re.search(r'gpu\.launch"\(((?:%\w+(?:, )?)+)\)', text).group(1).split(", ")
+  consts = dict(re.findall(r"(%\w+) = \"stable_mosaic_gpu\.arith\.constant\"\(\) \{value = (\d+) :",
+                           text))
+  # operands: the async token, grid (x, y, z), block (x, y, z), dynamic shared memory
+  block, smem = [int(consts[v]) for v in launch[4:7]], int(consts[launch[7]])
+  return text, (block[0] * block[1] * block[2], smem)
+
+
 @pytest.mark.parametrize("in_flight,k", [(1, 384), (1, 128), (0, 384), (2, 640)])
 def test_mosaic_gemm_keeps_wgmmas_in_flight_across_pipeline_steps(in_flight, k):
   """Each K step waits only until `wgmma_in_flight` wgmma groups are left running (the stage they
   read is released that many steps late), and the epilogue waits for all of them."""
   from int4jax.kernels import mosaic_gemm
-  s = jax.ShapeDtypeStruct
-  blocks = mosaic_gemm.MosaicBlocks(wgmma_in_flight=in_flight)
-  text = _mosaic_module_text(
-      lambda a, b: mosaic_gemm.scaled_gemm_mosaic(a, b, blocks=blocks),
-      s((256, k), jnp.int8), s((128, k), jnp.int8))
-  waits = re.findall(r"nvvm\.wgmma\.wait\.group\.sync\.aligned\"\(\) \{group = (\d+)", text)
-  assert "wgmma.mma_async" in text and "s8" in text
-  assert sorted(set(map(int, waits))) == sorted({in_flight, 0}), waits
-  assert waits[-1] == "0", "the accumulator is read before its last wgmma finished"
+  for warpgroups in (1, 2):
+    blocks = mosaic_gemm.MosaicBlocks(wgmma_in_flight=in_flight, max_concurrent_steps=3,
+                                      consumer_warpgroups=warpgroups)
+    text, _ = _mosaic_kernel(blocks, 256, 128, k)
+    waits = re.findall(r"nvvm\.wgmma\.wait\.group\.sync\.aligned\"\(\) \{group = (\d+)", text)
+    assert "wgmma.mma_async" in text and "s8" in text
+    assert sorted(set(map(int, waits))) == sorted({in_flight, 0}), waits
+    assert waits[-1] == "0", "the accumulator is read before its last wgmma finished"
+
+
+@pytest.mark.parametrize("name", ["1wg", "1wg-wait0", "2wg", "2wg-k64x4"])
+def test_mosaic_gemm_variants_launch_their_warpgroups_within_hopper_shared_memory(name):
+  """Each tuning variant lowers with the threads it claims (a producer warpgroup, register
+  reallocation and two consumers when warp-specialized) and the shared memory its budget says,
+  under Hopper's 227 KiB per CTA (Mosaic would refuse more only when compiling on the GPU)."""
+  from int4jax.kernels import mosaic_gemm
+  blocks = mosaic_gemm.VARIANTS[name]
+  text, (threads, smem) = _mosaic_kernel(blocks, 512, 384, 640)
+  specialized = blocks.consumer_warpgroups == 2
+  assert threads == 128 * (blocks.consumer_warpgroups + specialized)
+  assert ("nvvm.setmaxregister" in text) == specialized
+  assert mosaic_gemm.shared_memory_bytes(blocks) <= smem <= mosaic_gemm.HOPPER_SHARED_MEMORY
+  assert smem - mosaic_gemm.shared_memory_bytes(blocks) < 2048  # barriers and alignment only
 
 
 def test_mosaic_gemm_bad_input_is_refused():
@@ -368,6 +401,11 @@ def test_mosaic_gemm_bad_input_is_refused():
     mosaic_gemm.MosaicBlocks(tile_m=32)
   with pytest.raises(ValueError, match="wgmma_in_flight < max_concurrent_steps"):
     mosaic_gemm.MosaicBlocks(max_concurrent_steps=2, wgmma_in_flight=2)
+  with pytest.raises(ValueError, match="consumer_warpgroups must be 1 or 2"):
+    mosaic_gemm.MosaicBlocks(consumer_warpgroups=3)
+  with pytest.raises(ValueError, match="shared memory"):
+    mosaic_gemm.scaled_gemm_mosaic(a, a, blocks=mosaic_gemm.MosaicBlocks(
+        consumer_warpgroups=2, max_concurrent_steps=4))
 
 
 @pytest.mark.parametrize("arch,instruction", [

@@ -143,6 +143,25 @@ def test_pallas_tile_sizes_are_a_lookup_and_tune_fills_them(fresh_tuner, monkeyp
   assert pallas_backend.gemm_blocks(*shapes, interpret=True) == pallas_gemm.GemmBlocks()
 
 
+def test_mosaic_kernel_variant_is_a_lookup_and_tune_fills_it(fresh_tuner, monkeypatch):
+  """The same for the Mosaic GEMM's variants (one warpgroup, warp-specialized, ...): the untuned
+  lookup is the first variant; `tune` times every variant (a fake timer here) and keeps the
+  fastest."""
+  from int4jax.backends import mosaic as mosaic_backend
+  from int4jax.kernels import mosaic_gemm
+  names = list(mosaic_gemm.VARIANTS)
+  times = iter([1.0, 2.0, 0.5, 0.7])  # in variant order
+  timed = []
+  monkeypatch.setattr(tuning.tuner(), "timer", lambda thunk: timed.append(thunk) or next(times))
+  m, n, k = 2048, 1024, 1024
+  assert mosaic_backend.gemm_blocks(m, n, k) == mosaic_gemm.VARIANTS[names[0]]
+  assert len(tuning.pending()) == 1 and not timed
+  (choice_key,) = tuning.pending()
+  assert int4jax.tune(lambda: None) == {choice_key: names[2]} and len(timed) == len(names)
+  assert mosaic_backend.gemm_blocks(m, n, k) == mosaic_gemm.VARIANTS[names[2]]
+  assert mosaic_backend.gemm_blocks(64, 64, 64) == mosaic_gemm.VARIANTS[names[0]]  # small
+
+
 def test_small_gemms_are_never_tuned(fresh_tuner, mocked_gpu):
   jax.jit(lambda x, w: int4_linear(x, w)).lower(jnp.ones((64, 128)), jnp.ones((128, 64)))
   assert tuning.pending() == {}

@@ -5,7 +5,8 @@
 Every integer row computes C = (A_int8 @ B_int8) * row_scale * col_scale -> bf16, so the XLA
 int8 row includes its separate dequantization pass ("xla-int8+dequant") as well as the bare GEMM
 ("xla-int8"). Operands hold INT4 values; layouts are the forward GEMM's (A (M, K), B given
-K-major as (N, K)). Also records the HLO custom-call target of XLA's int8 dot. Writes
+K-major as (N, K)). "mosaic" is the backend's tuned lookup; "mosaic:<variant>" rows time each
+of mosaic_gemm.VARIANTS at the largest size. Also records the HLO custom-call target of XLA's int8 dot. Writes
 <out>/bench_gemm.json and bench_gemm.md.
 """
 
@@ -20,6 +21,7 @@ import numpy as np
 from experiments.benchmarks import timer
 from int4jax import backend
 from int4jax.backends.mosaic import is_hopper
+from int4jax.kernels import mosaic_gemm
 
 NT = ((1,), (1,))  # A (M, K) . B^T (N, K)
 
@@ -61,9 +63,14 @@ def main(argv=None):
     for name in args.backends:
       candidates[name] = (lambda a, b, r, c, name=name: backend.scaled_gemm(name)(
           a, b, NT, r, c).astype(jnp.bfloat16), sets_i8)
+      if name == "mosaic" and n == max(args.sizes):  # each variant `int4jax.tune` tries
+        for variant, blocks in mosaic_gemm.VARIANTS.items():
+          candidates[f"mosaic:{variant}"] = (
+              lambda a, b, r, c, blocks=blocks: mosaic_gemm.scaled_gemm_mosaic(
+                  a, b, r, c, blocks=blocks).astype(jnp.bfloat16), sets_i8)
     for name, (fn, sets) in candidates.items():
       try:
-        if name == "mosaic" and not is_hopper():
+        if name.startswith("mosaic") and not is_hopper():
           raise RuntimeError("the Mosaic GPU kernel needs a Hopper GPU")
         if name in args.backends:
           backend.describe_backend(name)  # raises, with the reason, where it cannot run

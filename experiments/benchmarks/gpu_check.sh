@@ -14,7 +14,7 @@
 #               via XLA (experiments.baselines) and int4, the goals' comparison
 #   step_h4096  the same at hidden 4096 (--size gpu-h4096)
 #   profile     where the int4 GPT-2-small step's time goes, summed by kernel (profile_step)
-#   sass        int8 tensor-core instructions (IGMMA) in the Mosaic kernel's SASS
+#   sass        int8 tensor-core instructions (IGMMA) in the Mosaic kernels' SASS (each variant)
 # The limits add up to 495 s (535 s with each stage's 5 s kill grace). Everything goes to $OUT
 # (default experiments/results/gpu): <stage>.txt per stage, stages.txt (each stage's exit
 # status and seconds; 124 = timed out), and the raw JSON with device, driver,
@@ -88,8 +88,9 @@ from int4jax.kernels import mosaic_gemm
 if not is_hopper():
   print("skipped: no Hopper GPU, the Mosaic kernel cannot compile here")
   raise SystemExit(0)
-a = jnp.ones((256, 512), jnp.int8)
-print(mosaic_gemm.scaled_gemm_mosaic(a, a[:128], 1.0, 1.0).block_until_ready().shape)'
+a = jnp.ones((512, 512), jnp.int8)
+for name, blocks in mosaic_gemm.VARIANTS.items():
+  print(name, mosaic_gemm.scaled_gemm_mosaic(a, a[:128], 1.0, 1.0, blocks=blocks).block_until_ready().shape)'
 igmma=$(grep -c IGMMA "$OUT/sass.txt")
 echo "IGMMA instructions in the Mosaic kernel's SASS: $igmma" | tee -a "$OUT/stages.txt"
 # On Hopper the kernel must use the int8 tensor cores.

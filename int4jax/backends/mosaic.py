@@ -1,14 +1,18 @@
 """"mosaic": the Pallas Mosaic GPU GEMM (int4jax/kernels/mosaic_gemm.py, Hopper s8 wgmma),
-epilogue fused, fed by the fused quantizer kernel (int4jax/kernels/pallas_quantize.py), which
-writes every operand K-major, as wgmma reads it (int4jax/linear.py, "Layouts"). An operand
-handed over in another layout (a direct call) is transposed by XLA first. The raw int32 sums
-that only the unfused bit split needs come from XLA's int8 dot."""
+epilogue fused. Its variant (one warpgroup, or warp-specialized) is tuned per shape by
+`int4jax.tune` (a lookup under jit; untuned shapes use the first, logged). The fused quantizer
+kernel (int4jax/kernels/pallas_quantize.py) feeds it every operand K-major, as wgmma reads it
+(int4jax/linear.py, "Layouts"); an operand handed over in another layout (a direct call) is
+transposed by XLA first. The raw int32 sums that only the unfused bit split needs come from
+XLA's int8 dot."""
 
 import jax
+import jax.numpy as jnp
 
+from int4jax import tuning
 from int4jax.backends.base import GPU, Backend, register
 from int4jax.backends.pallas import fused_quantizer
-from int4jax.kernels import mosaic_gemm
+from int4jax.kernels import int_gemm, mosaic_gemm
 
 
 def is_hopper() -> bool:
@@ -19,12 +23,31 @@ def is_hopper() -> bool:
     return False
 
 
+def gemm_blocks(m: int, n: int, k: int) -> mosaic_gemm.MosaicBlocks:
+  """The kernel variant (mosaic_gemm.VARIANTS) for an (M, N, K) GEMM: the first for small GEMMs,
+  otherwise the tuned choice for the shape's bucket, a pure lookup (`int4jax.tune` fills it)."""
+  default = next(iter(mosaic_gemm.VARIANTS))
+  if 2 * m * n * k < tuning.MIN_TUNED_FLOPS:
+    return mosaic_gemm.VARIANTS[default]
+
+  def candidates():
+    a, b_t = tuning.random_int4((m, k), 1), tuning.random_int4((n, k), 2)
+    want = lambda: int_gemm.int_gemm_xla(a, b_t, ((1,), (1,))).astype(jnp.float32)
+    return {name: tuning.checked(
+        lambda blocks=blocks: mosaic_gemm.scaled_gemm_mosaic(a, b_t, 1.0, 1.0, blocks=blocks),
+        want, f"Mosaic GEMM {name}") for name, blocks in mosaic_gemm.VARIANTS.items()}
+  name = tuning.lookup(tuning.key("mosaic_blocks", "11", m, n, k), default, candidates,
+                       valid=mosaic_gemm.VARIANTS)
+  return mosaic_gemm.VARIANTS[name]
+
+
 def _scaled(platform):
   def scaled(a, b, contracting, row_scale=None, col_scale=None):
     (ca,), (cb,) = contracting
     a_mk = a if int(ca) == 1 else a.T  # wgmma wants both operands K-major
     b_nk = b if int(cb) == 1 else b.T
-    return mosaic_gemm.scaled_gemm_mosaic(a_mk, b_nk, row_scale, col_scale)
+    blocks = gemm_blocks(a_mk.shape[0], b_nk.shape[0], a_mk.shape[1])
+    return mosaic_gemm.scaled_gemm_mosaic(a_mk, b_nk, row_scale, col_scale, blocks=blocks)
   return scaled
 
 
