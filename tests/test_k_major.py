@@ -96,3 +96,30 @@ def test_describe_backend_names_the_fused_quantizer_for_the_gpu_gemm_kernels():
   for name in ("mosaic", "triton"):
     reason = backend.backends.get(name).reason("gpu")
     assert "fused quantizer" in reason and "K-major" in reason
+
+
+@pytest.mark.skipif(len(jax.devices()) < 8, reason="needs 8 devices (XLA_FLAGS)")
+@pytest.mark.parametrize("config", [
+    Int4Config(fsdp_axis="data"),  # the packed weight gathered, then transposed for the forward
+    Int4Config(lss="systematic", lss_budget=0.5, lss_blocks=8),  # each device keeps its columns
+], ids=["fsdp", "per-device-sampling"])
+def test_k_major_layouts_are_the_same_bits_on_a_data_parallel_mesh(config, monkeypatch):
+  """Tokens split over 8 devices (and the weight too, under FSDP), GSPMD partitioning the
+  K-major program: the same loss and gradients as the CPU's layouts, bit for bit."""
+  from jax.sharding import NamedSharding, PartitionSpec as P
+  mesh = jax.make_mesh((8,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
+  x, w = make_xw(64, 96, 64, seed=6, outliers=True)
+  cot = jax.random.normal(jax.random.key(7), (64, 64))
+  shard = lambda *spec: NamedSharding(mesh, P(*spec))
+
+  def run():
+    loss = lambda w, x: jnp.sum(int4_linear(x, w, key=KEY, config=config) * cot)
+    step = jax.jit(jax.value_and_grad(loss, (0, 1)),
+                   in_shardings=(shard(None, "data") if config.fsdp_axis else shard(),
+                                 shard("data")))
+    with jax.set_mesh(mesh):
+      return step(w, x)
+  want = run()
+  monkeypatch.setattr(backend, "_platform", lambda: "gpu")
+  assert backend.k_major(config.backend)
+  chex.assert_trees_all_equal(run(), want)
