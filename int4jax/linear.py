@@ -22,9 +22,9 @@ the rounding residuals).
 Layouts: for backends whose GEMMs read both operands K-major (`backend.k_major`: the GPU ones, and
 "pallas" everywhere) every GEMM is fed operands that contract over their dim 1, so no GEMM
 transposes anything. The forward quantizer writes each operand in both layouts from one pass
-(Xq (M, K) for Y and Xq^T (K, M) kept for dW; Wq^T (N, K) for Y and Wq (K, N) kept for dX), and dW's
-dY is quantized straight into (N, M). Other backends get x's own layouts. The integers and the
-float results are the same either way (tests/test_linear.py).
+(Xq (M, K) for Y and Xq^T (K, M) kept for dW; Wq^T (N, K) for Y and Wq (K, N) kept for dX), and
+dW's dY is quantized straight into (N, M). Other backends get x's own layouts. The results are the
+same bits either way (tests/test_k_major.py).
 
 Int32 accumulation is exact while the contraction length K satisfies
 K * max|a| * max|b| <= 2^31 - 1. With A = max|m * q| = 7 L (8 L for int_range="full"):
