@@ -20,7 +20,7 @@ CONFIGS = {
     "int4-grads-per-tensor": Int4Config(grad_mode="int4", scale_mode="tensor"),
     "forward-stochastic-one-level": Int4Config(forward_rounding="stochastic", scale_levels=1),
 }
-FAST = ("default", "systematic-2-blocks", "unfused-bitsplit")
+FAST = ("default", "systematic-2-blocks")  # the others: the slow run (.ci/run)
 
 
 def _cases():
@@ -54,7 +54,8 @@ def gpu_platform(monkeypatch):
   monkeypatch.setattr(backend, "_with_sharding_rule", lambda name, gemm, scaled: gemm)
 
 
-@pytest.mark.parametrize("name", ["default", "systematic-2-blocks"])
+@pytest.mark.parametrize("name", ["default",
+                                  pytest.param("systematic-2-blocks", marks=pytest.mark.slow)])
 def test_on_a_gpu_xla_is_fed_k_major_with_the_same_bits(name, monkeypatch):
   """XLA's cuBLAS int8 GEMM reads K-major operands too: on a GPU platform the jnp quantizer
   writes them (XLA runs the dots here, on the CPU), and the results do not change."""
@@ -101,7 +102,8 @@ def test_describe_backend_names_the_fused_quantizer_for_the_gpu_gemm_kernels():
 @pytest.mark.skipif(len(jax.devices()) < 8, reason="needs 8 devices (XLA_FLAGS)")
 @pytest.mark.parametrize("config", [
     Int4Config(fsdp_axis="data"),  # the packed weight gathered, then transposed for the forward
-    Int4Config(lss="systematic", lss_budget=0.5, lss_blocks=8),  # each device keeps its columns
+    pytest.param(Int4Config(lss="systematic", lss_budget=0.5, lss_blocks=8),  # per-device columns
+                 marks=pytest.mark.slow),
 ], ids=["fsdp", "per-device-sampling"])
 def test_k_major_layouts_are_the_same_bits_on_a_data_parallel_mesh(config, monkeypatch):
   """Tokens split over 8 devices (and the weight too, under FSDP), GSPMD partitioning the

@@ -163,8 +163,10 @@ def test_fused_quantizer_matches_reference(case):
     assert int(jnp.max(jnp.abs(q))) > kw["qmax"]
 
 
-@pytest.mark.parametrize("case", ["fwd_x", "two_level_x", "two_level_w", "dw_dy", "mixed",
-                                  "two_level_g32"])
+@pytest.mark.parametrize("case", [
+    "two_level_w", "dw_dy",  # W columns with multipliers; gathered, weighted, stochastic rows
+    *(pytest.param(c, marks=pytest.mark.slow)
+      for c in ("fwd_x", "two_level_x", "mixed", "two_level_g32"))])
 def test_fused_quantizer_writes_both_layouts_in_one_pass(case):
   """both_layouts: the operand and its transpose (the copy a backward GEMM reads K-major) from one
   kernel, each equal to the reference's integers in that layout."""
