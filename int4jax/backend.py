@@ -162,9 +162,10 @@ def quantizer(name: str) -> Callable:
   -> (int8 values, scales): the one quantizer of every dynamic operand
   (int4jax/quantizers/two_level.py) of a 2-D x along its contraction `axis`, stochastic when key
   is given. layout: "as_is", "transposed" or "both" (a pair, x's layout and its transpose; see
-  int4jax.backends.base.LAYOUTS). "pallas" runs the fused quantizer kernel for per-row scales
-  (the same integers, bit for bit, writing both layouts in one pass); the other backends run the
-  jnp quantizer, which XLA fuses."""
+  int4jax.backends.base.LAYOUTS). "pallas", "triton" and "mosaic" run the fused quantizer kernel
+  for per-row scales (the same integers, bit for bit, writing both layouts in one pass) and the
+  jnp quantizer for per-tensor or clipped ones (logged); the other backends run the jnp
+  quantizer, which XLA fuses."""
   choice = describe_backend(name)
   if choice.name == "auto-tuned":
     return quantize_jnp

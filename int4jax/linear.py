@@ -24,7 +24,10 @@ Layouts: for backends whose GEMMs read both operands K-major (`backend.k_major`:
 transposes anything. The forward quantizer writes each operand in both layouts from one pass
 (Xq (M, K) for Y and Xq^T (K, M) kept for dW; Wq^T (N, K) for Y and Wq (K, N) kept for dX), and
 dW's dY is quantized straight into (N, M). Other backends get x's own layouts. The results are the
-same bits either way (tests/test_k_major.py).
+same bits either way (tests/test_k_major.py). Where the quantizer is jnp (the "xla" backend, and
+per-tensor, clipped or LSQ scales) or the operand comes from elsewhere (FSDP's gathered weight,
+the unfused bit split's hi/lo), XLA writes the transposed copy; the packed serving path
+(`forward_from_operand`) hands W as (K, N) and a K-major GEMM transposes it.
 
 Int32 accumulation is exact while the contraction length K satisfies
 K * max|a| * max|b| <= 2^31 - 1. With A = max|m * q| = 7 L (8 L for int_range="full"):

@@ -12,7 +12,7 @@ import pytest
 import int4jax
 from int4jax import Int4Config, backend, int4_linear, tuning
 from int4jax.backends.mosaic import is_hopper
-from int4jax.kernels import pallas_gemm, pallas_quantize, triton_gemm
+from int4jax.kernels import mosaic_gemm, pallas_gemm, pallas_quantize, triton_gemm
 from int4jax.quantizers import int4_quant
 from tests.helpers import make_xw
 
@@ -56,13 +56,12 @@ def test_scaled_gemm_on_gpu_matches_reference(name, layout, m, n, k):
       a, b, contracting=LAYOUTS[layout]))
 
 
-@pytest.mark.parametrize("variant", ["1wg", "1wg-wait0", "2wg", "2wg-k64x4"])
+@pytest.mark.parametrize("variant", list(mosaic_gemm.VARIANTS))
 @pytest.mark.parametrize("m,n,k", [(1024, 1024, 1024), (333, 200, 520)])
 def test_every_mosaic_variant_on_gpu_matches_reference(variant, m, n, k):
   """Each kernel variant `int4jax.tune` may pick (mosaic_gemm.VARIANTS), K-major operands."""
   if not is_hopper():
     pytest.skip("the Mosaic kernels need a Hopper GPU")
-  from int4jax.kernels import mosaic_gemm
   a, b_t, row, col = _operands(m, n, k, LAYOUTS["NT"], seed=3)
   got = mosaic_gemm.scaled_gemm_mosaic(a, b_t, row, col, blocks=mosaic_gemm.VARIANTS[variant])
   want = pallas_gemm.scaled_gemm_reference(a, b_t, row, col, contracting=LAYOUTS["NT"])
@@ -70,9 +69,13 @@ def test_every_mosaic_variant_on_gpu_matches_reference(variant, m, n, k):
 
 
 @pytest.mark.parametrize("both", [False, True])
-def test_fused_quantizer_on_gpu_writes_both_layouts(both):
+@pytest.mark.parametrize("axis,gather", [(1, False), (0, False), (0, True)])
+def test_fused_quantizer_on_gpu_writes_both_layouts(both, axis, gather):
   x, _ = make_xw(1000, 768, 8, outliers=True)
-  kw = dict(axis=1, qmin=-7, qmax=7, levels=16, both_layouts=both)
+  kw = dict(axis=axis, qmin=-7, qmax=7, levels=16, both_layouts=both)
+  if gather:  # dW's dY: leverage-score rows, weighted
+    kw.update(rows=jax.random.choice(jax.random.key(1), 1000, (512,)),
+              row_weights=jax.random.uniform(jax.random.key(2), (512,)) + 0.5)
   q, s = pallas_quantize.quantize_pallas(x, **kw)
   q_ref, s_ref = pallas_quantize.quantize_reference(x, **kw)
   for got, want in zip(q if both else [q], q_ref if both else [q_ref]):

@@ -19,7 +19,9 @@ CONFIGS = {
     "float-grads": Int4Config(grad_mode="float", lss="systematic", lss_budget=0.5),
     "int4-grads-per-tensor": Int4Config(grad_mode="int4", scale_mode="tensor"),
     "forward-stochastic-one-level": Int4Config(forward_rounding="stochastic", scale_levels=1),
+    "lsq": Int4Config(scale_mode="lsq", scale_levels=1),
 }
+LSQ_SCALES = (jnp.float32(0.5), jnp.float32(0.02))  # learned step sizes of X and W
 FAST = ("default", "systematic-2-blocks")  # the others: the slow run (.ci/run)
 
 
@@ -29,8 +31,10 @@ def _cases():
 
 
 def _value_and_grads(config, x, w):
-  loss = lambda x, w: jnp.sum(jnp.sin(int4_linear(x, w, key=KEY, config=config)))
-  return jax.jit(jax.value_and_grad(loss, (0, 1)))(x, w)
+  scales = LSQ_SCALES if config.scale_mode == "lsq" else None
+  loss = lambda x, w, scales: jnp.sum(jnp.sin(int4_linear(x, w, key=KEY, config=config,
+                                                          scales=scales)))
+  return jax.jit(jax.value_and_grad(loss, (0, 1, 2)))(x, w, scales)
 
 
 @pytest.mark.parametrize("name", _cases())
@@ -101,10 +105,13 @@ def test_describe_backend_names_the_fused_quantizer_for_the_gpu_gemm_kernels():
 
 @pytest.mark.skipif(len(jax.devices()) < 8, reason="needs 8 devices (XLA_FLAGS)")
 @pytest.mark.parametrize("config", [
-    Int4Config(fsdp_axis="data"),  # the packed weight gathered, then transposed for the forward
+    # the packed weight gathered, then transposed for the forward
+    pytest.param(Int4Config(fsdp_axis="data"), marks=pytest.mark.slow),
+    # the fused kernel (interpreted) quantizing each shard, the Pallas GEMM partitioned
+    Int4Config(fsdp_axis="data", backend="pallas"),
     pytest.param(Int4Config(lss="systematic", lss_budget=0.5, lss_blocks=8),  # per-device columns
                  marks=pytest.mark.slow),
-], ids=["fsdp", "per-device-sampling"])
+], ids=["fsdp", "fsdp-pallas", "per-device-sampling"])
 def test_k_major_layouts_are_the_same_bits_on_a_data_parallel_mesh(config, monkeypatch):
   """Tokens split over 8 devices (and the weight too, under FSDP), GSPMD partitioning the
   K-major program: the same loss and gradients as the CPU's layouts, bit for bit."""
@@ -121,6 +128,10 @@ def test_k_major_layouts_are_the_same_bits_on_a_data_parallel_mesh(config, monke
                                  shard("data")))
     with jax.set_mesh(mesh):
       return step(w, x)
+  if config.backend == "pallas":  # K-major on the CPU too: against XLA's layouts
+    want, config = run(), config.replace(backend="xla")
+    chex.assert_trees_all_equal(want, run())
+    return
   want = run()
   monkeypatch.setattr(backend, "_platform", lambda: "gpu")
   assert backend.k_major(config.backend)

@@ -31,7 +31,10 @@ def _collectives(hlo):
     (("data",), (), []),  # tokens split: each device its rows
     ((), (None, "data"), []),  # output features split: each device its columns
     ((None, "data"), ("data",), ["all-reduce"]),  # contraction split: an int32 sum
-], ids=["rows", "columns", "contraction"])
+    # tokens and output features on the same axis (FSDP's weight columns, data-parallel tokens):
+    # one result dim can take the axis, so B's columns are gathered
+    (("data",), (None, "data"), ["all-gather"]),
+], ids=["rows", "columns", "contraction", "rows-and-columns-on-one-axis"])
 def test_a_sharded_gemm_stays_sharded_and_equals_the_kernel(a_spec, b_spec, moved):
   a = jax.random.randint(jax.random.key(0), (64, 128), -7, 8, dtype=jnp.int8)
   b = jax.random.randint(jax.random.key(1), (128, 32), -7, 8, dtype=jnp.int8)

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from int4jax.kernels import pallas_gemm, pallas_quantize
+from int4jax.kernels import mosaic_gemm, pallas_gemm, pallas_quantize
 from int4jax.quantizers import int4_quant
 
 SMALL_GEMM = pallas_gemm.GemmBlocks(block_m=32, block_n=32, block_k=16)
@@ -370,6 +370,8 @@ def test_mosaic_gemm_keeps_wgmmas_in_flight_across_pipeline_steps(in_flight, k):
   for warpgroups in (1, 2):
     blocks = mosaic_gemm.MosaicBlocks(wgmma_in_flight=in_flight, max_concurrent_steps=3,
                                       consumer_warpgroups=warpgroups)
+    # Each stage is refilled only `in_flight` steps after the step that read it.
+    assert [spec.delay_release for spec in mosaic_gemm._in_specs(blocks)] == [in_flight] * 2
     text, _ = _mosaic_kernel(blocks, 256, 128, k)
     waits = re.findall(r"nvvm\.wgmma\.wait\.group\.sync\.aligned\"\(\) \{group = (\d+)", text)
     assert "wgmma.mma_async" in text and "s8" in text
@@ -377,7 +379,7 @@ def test_mosaic_gemm_keeps_wgmmas_in_flight_across_pipeline_steps(in_flight, k):
     assert waits[-1] == "0", "the accumulator is read before its last wgmma finished"
 
 
-@pytest.mark.parametrize("name", ["1wg", "1wg-wait0", "2wg", "2wg-k64x4"])
+@pytest.mark.parametrize("name", list(mosaic_gemm.VARIANTS))
 def test_mosaic_gemm_variants_launch_their_warpgroups_within_hopper_shared_memory(name):
   """Each tuning variant lowers with the threads it claims (a producer warpgroup, register
   reallocation and two consumers when warp-specialized) and the shared memory its budget says,

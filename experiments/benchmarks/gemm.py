@@ -5,8 +5,8 @@
 Every integer row computes C = (A_int8 @ B_int8) * row_scale * col_scale -> bf16, so the XLA
 int8 row includes its separate dequantization pass ("xla-int8+dequant") as well as the bare GEMM
 ("xla-int8"). Operands hold INT4 values; layouts are the forward GEMM's (A (M, K), B given
-K-major as (N, K)). "mosaic" is the backend's tuned lookup; "mosaic:<variant>" rows time each
-of mosaic_gemm.VARIANTS at the largest size. Also records the HLO custom-call target of XLA's int8 dot. Writes
+K-major as (N, K)). "mosaic" is the backend as a call gets it (nothing is tuned here, so its
+first variant); "mosaic:<variant>" rows time each of mosaic_gemm.VARIANTS at the largest size. Also records the HLO custom-call target of XLA's int8 dot. Writes
 <out>/bench_gemm.json and bench_gemm.md.
 """
 

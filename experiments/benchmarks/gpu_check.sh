@@ -90,9 +90,10 @@ if not is_hopper():
   raise SystemExit(0)
 a = jnp.ones((512, 512), jnp.int8)
 for name, blocks in mosaic_gemm.VARIANTS.items():
-  print(name, mosaic_gemm.scaled_gemm_mosaic(a, a[:128], 1.0, 1.0, blocks=blocks).block_until_ready().shape)'
+  out = mosaic_gemm.scaled_gemm_mosaic(a, a[:128], 1.0, 1.0, blocks=blocks)
+  print(name, out.block_until_ready().shape)'
 igmma=$(grep -c IGMMA "$OUT/sass.txt")
-echo "IGMMA instructions in the Mosaic kernel's SASS: $igmma" | tee -a "$OUT/stages.txt"
+echo "IGMMA instructions in the Mosaic kernels' SASS: $igmma" | tee -a "$OUT/stages.txt"
 # On Hopper the kernel must use the int8 tensor cores.
 if ! grep -q "^skipped" "$OUT/sass.txt" && [ "$igmma" -eq 0 ]; then status=1; fi
 exit $status

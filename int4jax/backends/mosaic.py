@@ -63,8 +63,9 @@ def _unavailable(platform):
 MOSAIC = register(Backend(
     name="mosaic",
     unavailable=_unavailable,
-    reason=lambda platform: ("Pallas Mosaic GPU GEMM fed K-major by the fused quantizer kernel; "
-                             "raw int32 sums (fuse_bitsplit=False) via XLA"),
+    reason=lambda platform: ("Pallas Mosaic GPU GEMM fed K-major by the fused quantizer kernel "
+                             "(per-tensor or clipped scales quantize with jnp); raw int32 sums "
+                             "(fuse_bitsplit=False) via XLA"),
     scaled_gemm=_scaled,
     quantizer=fused_quantizer,
 ))

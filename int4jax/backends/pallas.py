@@ -81,7 +81,7 @@ def fused_quantizer(platform):
     if not per_row or clip_ratio is not None:
       # A per-tensor scale needs a global max first, and the clipped range an RMS whose sum
       # order the kernel cannot match bit for bit: the jnp quantizer, logged once.
-      log_once("int4jax fused quantizer: jnp for per-tensor / clipped scales")
+      log_once(f"int4jax fused quantizer ({platform}): jnp for per-tensor / clipped scales")
       return quantize_jnp(x, axis, qmin, qmax, key, group=group, levels=levels,
                           per_row=per_row, clip_ratio=clip_ratio, search=search, layout=layout)
     check_layout(layout)

@@ -30,7 +30,8 @@ def _unavailable(platform):
 TRITON = register(Backend(
     name="triton",
     unavailable=_unavailable,
-    reason=lambda platform: "jax-triton GEMM fed K-major by the fused quantizer kernel",
+    reason=lambda platform: ("jax-triton GEMM fed K-major by the fused quantizer kernel "
+                             "(per-tensor or clipped scales quantize with jnp)"),
     scaled_gemm=_scaled,
     int_gemm=lambda platform: lambda a, b, c: triton_gemm.scaled_gemm_triton(
         a, b, contracting=static_contracting(c)),

@@ -236,7 +236,8 @@ def scaled_gemm_mosaic(a: jax.Array, b_t: jax.Array, row_scale=None, col_scale=N
   row = pad_to(scale_vector(row_scale, m, "row_scale"), (mp,))
   col = pad_to(scale_vector(col_scale, n, "col_scale"), (np_,))
   specialized = blocks.consumer_warpgroups > 1
-  threads = dict(num_threads=blocks.consumer_warpgroups + 1, thread_name="wg") if specialized else {}
+  threads = (dict(num_threads=blocks.consumer_warpgroups + 1, thread_name="wg") if specialized
+             else {})
   call = plgpu.kernel(
       functools.partial(_kernel_warp_specialized if specialized else _kernel, blocks=blocks,
                         k_iters=kp // tk),

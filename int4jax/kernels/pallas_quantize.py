@@ -11,9 +11,10 @@ Every GEMM operand of `int4_linear` is "quantize groups of a 2-D array along one
 
 so one kernel covers all four: `axis` is the reduced axis (1: a scale per row, 0: per column),
 `rows`/`row_weights` gather and weight dim-0 rows first, `transpose_out` writes the int8 result
-transposed, and `both_layouts` writes it twice from the same registers, as is and transposed:
-a forward operand's K-major copy for its own GEMM and the copy a backward GEMM reads K-major
-(X (M, K) and X^T (K, M) for dW; W^T (N, K) and W (K, N) for dX), in one pass over the input. One program owns `block_groups` groups; it walks the reduced axis in chunks
+transposed, and `both_layouts` writes it twice from the same registers, as is and transposed,
+the two K-major copies of a forward operand in one pass over the input (X (M, K) for Y and
+X^T (K, M) for dW; W^T (N, K) for Y and W (K, N) for dX). One program owns `block_groups`
+groups; it walks the reduced axis in chunks
 (`block_red` long, or one Hadamard block, below) twice (pass 1: abs-max of the transformed
 values, pass 2: quantize and store), so any length fits in registers and the input is read
 twice, never written back in float.
@@ -343,5 +344,8 @@ def quantize_reference(x: jax.Array, *, axis: int, qmin: int, qmax: int, hadamar
   q, scale = two_level.quantize_two_level(x, axis, qmin, qmax, group=group, levels=levels,
                                           search=search, dither=dither, key=key)
   if both_layouts:
+    if transpose_out:
+      raise ValueError("quantize_reference: both_layouts already gives the transposed copy; "
+                       "leave transpose_out False")
     return (q, q.T), scale.reshape(-1)
   return (q.T if transpose_out else q), scale.reshape(-1)

@@ -5,7 +5,8 @@ is a custom call the partitioner cannot see into: left alone, it would gather ev
 run the whole GEMM on each device. Wrapped here, each GEMM says how it splits:
 
   - the free dims of both operands (tokens, output features) keep their shards, and each device
-    runs the kernel on its shard with its slice of the rank-1 scales;
+    runs the kernel on its shard with its slice of the rank-1 scales (B's free dim is gathered
+    when its mesh axis already splits A, as under FSDP with data-parallel tokens);
   - a split contraction runs XLA's int8 dot per shard (the kernel's GEMM shape is the unsplit
     one), sums the int32 partial products exactly (a psum), then applies the scales, so the
     result equals the unsplit GEMM bit for bit.
@@ -37,6 +38,13 @@ def _spec2(sharding) -> tuple:
   return spec + (None,) * (2 - len(spec))
 
 
+def _mesh_axes(entry) -> set:
+  """The mesh axes one PartitionSpec entry names (None, a name, or a tuple of names)."""
+  if entry is None:
+    return set()
+  return set(entry) if isinstance(entry, tuple) else {entry}
+
+
 @functools.lru_cache(maxsize=256)
 def _partitioned(gemm, contracting, scaled: bool):
   """gemm(a, b, contracting[, row_scale, col_scale]) with this contracting, as a partitioned
@@ -50,6 +58,11 @@ def _partitioned(gemm, contracting, scaled: bool):
   def partition(mesh, arg_shapes, result_shape):
     a_spec, b_spec = _spec2(arg_shapes[0].sharding), _spec2(arg_shapes[1].sharding)
     m_axes, n_axes, k_axes = a_spec[1 - ca], b_spec[1 - cb], a_spec[ca]
+    if _mesh_axes(n_axes) & (_mesh_axes(m_axes) | _mesh_axes(k_axes)):
+      # A mesh axis shards one dim of the result at most: when B's free dim is split over an
+      # axis that already splits A's (FSDP: tokens and the weight's columns both over "data"),
+      # B is gathered along it and the tokens keep their shards.
+      n_axes = None
     a_out, b_out = [None, None], [None, None]
     a_out[1 - ca], a_out[ca] = m_axes, k_axes
     b_out[1 - cb], b_out[cb] = n_axes, k_axes
