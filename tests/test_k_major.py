@@ -107,8 +107,9 @@ def test_describe_backend_names_the_fused_quantizer_for_the_gpu_gemm_kernels():
 @pytest.mark.parametrize("config", [
     # the packed weight gathered, then transposed for the forward
     pytest.param(Int4Config(fsdp_axis="data"), marks=pytest.mark.slow),
-    # the fused kernel (interpreted) quantizing each shard, the Pallas GEMM partitioned
-    Int4Config(fsdp_axis="data", backend="pallas"),
+    # the fused kernel (interpreted) quantizing each shard, the Pallas GEMM partitioned (the
+    # partitioning rule's own test, in the default run, is tests/test_kernel_partitioning.py)
+    pytest.param(Int4Config(fsdp_axis="data", backend="pallas"), marks=pytest.mark.slow),
     pytest.param(Int4Config(lss="systematic", lss_budget=0.5, lss_blocks=8),  # per-device columns
                  marks=pytest.mark.slow),
 ], ids=["fsdp", "fsdp-pallas", "per-device-sampling"])
