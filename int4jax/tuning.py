@@ -13,7 +13,7 @@ a jitted function traces again and sees the tuned choices.
 
 import logging
 import os
-from typing import Callable, Dict, Optional
+from typing import Any, Callable, Dict, Optional
 
 import jax
 import jax.numpy as jnp
@@ -89,6 +89,18 @@ def checked(run: Callable[[], jax.Array], want: Callable[[], jax.Array], what: s
       verified.append(True)
     return out
   return thunk
+
+
+def lookup_variant(choice_key: str, variants: Dict[str, Any], default: str, a_shape, b_shape,
+                   run: Callable, want: Callable, what: str):
+  """variants[name] for the name tuned under `choice_key` (`default` if none): a kernel's
+  configurations, chosen by `lookup`. Inside `tune`, each run(variant, a, b) on random INT4
+  operands of a_shape and b_shape is checked against want(a, b) bit for bit, then timed."""
+  def candidates():
+    a, b = random_int4(a_shape, 1), random_int4(b_shape, 2)
+    return {name: checked(lambda v=v: run(v, a, b), lambda: want(a, b), f"{what} {name}")
+            for name, v in variants.items()}
+  return variants[lookup(choice_key, default, candidates, valid=variants)]
 
 
 def tune(fn: Callable, *args, **kwargs) -> Dict[str, str]:

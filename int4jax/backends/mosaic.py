@@ -30,15 +30,11 @@ def gemm_blocks(m: int, n: int, k: int) -> mosaic_gemm.MosaicBlocks:
   if 2 * m * n * k < tuning.MIN_TUNED_FLOPS:
     return mosaic_gemm.VARIANTS[default]
 
-  def candidates():
-    a, b_t = tuning.random_int4((m, k), 1), tuning.random_int4((n, k), 2)
-    want = lambda: int_gemm.int_gemm_xla(a, b_t, ((1,), (1,))).astype(jnp.float32)
-    return {name: tuning.checked(
-        lambda blocks=blocks: mosaic_gemm.scaled_gemm_mosaic(a, b_t, 1.0, 1.0, blocks=blocks),
-        want, f"Mosaic GEMM {name}") for name, blocks in mosaic_gemm.VARIANTS.items()}
-  name = tuning.lookup(tuning.key("mosaic_blocks", "11", m, n, k), default, candidates,
-                       valid=mosaic_gemm.VARIANTS)
-  return mosaic_gemm.VARIANTS[name]
+  return tuning.lookup_variant(
+      tuning.key("mosaic_blocks", "11", m, n, k), mosaic_gemm.VARIANTS, default, (m, k), (n, k),
+      lambda blocks, a, b_t: mosaic_gemm.scaled_gemm_mosaic(a, b_t, 1.0, 1.0, blocks=blocks),
+      lambda a, b_t: int_gemm.int_gemm_xla(a, b_t, ((1,), (1,))).astype(jnp.float32),
+      "Mosaic GEMM")
 
 
 def _scaled(platform):

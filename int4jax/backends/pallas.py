@@ -33,17 +33,12 @@ def gemm_blocks(a_shape, b_shape, contracting, interpret: bool) -> pallas_gemm.G
   if interpret or 2 * m * n * k < tuning.MIN_TUNED_FLOPS:
     return default
   (ca,), (cb,) = contracting
-  key = tuning.key("pallas_blocks", f"{ca}{cb}", m, n, k)
-  by_name = {repr(b): b for b in BLOCK_CANDIDATES}
-
-  def candidates():
-    a, b = tuning.random_int4(a_shape, 1), tuning.random_int4(b_shape, 2)
-    return {name: tuning.checked(
-        lambda blocks=blocks: pallas_gemm.scaled_gemm_pallas(a, b, contracting=contracting,
-                                                             blocks=blocks),
-        lambda: int_gemm.int_gemm_xla(a, b, contracting), f"pallas GEMM with {name}")
-        for name, blocks in by_name.items()}
-  return by_name[tuning.lookup(key, repr(default), candidates, valid=by_name)]
+  return tuning.lookup_variant(
+      tuning.key("pallas_blocks", f"{ca}{cb}", m, n, k), {repr(b): b for b in BLOCK_CANDIDATES},
+      repr(default), a_shape, b_shape,
+      lambda blocks, a, b: pallas_gemm.scaled_gemm_pallas(a, b, contracting=contracting,
+                                                          blocks=blocks),
+      lambda a, b: int_gemm.int_gemm_xla(a, b, contracting), "pallas GEMM with")
 
 
 def _scaled(platform):
