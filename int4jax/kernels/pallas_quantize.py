@@ -116,9 +116,10 @@ def _hash_uniform(index, seed0, seed1):
 def _kernel(*refs, axis, gather, weighted, dither_mode, transform, groups_first, both_layouts,
             num_chunks, block_red, qmin, qmax, group, levels, search, n_cols):
   refs = list(refs)
+  # Outputs: the groups-first int8 array and/or the reduced-first one (None: not written), scales.
   s_ref = refs.pop()
-  q_other_ref = refs.pop() if both_layouts else None  # the reduced-first copy
-  q_ref = refs.pop()
+  red_ref = refs.pop() if both_layouts or not groups_first else None
+  groups_ref = refs.pop() if both_layouts or groups_first else None
   x_ref = refs.pop(0)
   idx_ref = refs.pop(0) if gather else None
   w_ref = refs.pop(0) if weighted else None
@@ -192,10 +193,10 @@ def _kernel(*refs, axis, gather, weighted, dither_mode, transform, groups_first,
       v = v * mult
     q = jnp.where(jnp.isfinite(v), v, 0.0).astype(jnp.int8)
     red = pl.ds(pl.multiple_of(c * block_red, block_red), block_red)
-    if groups_first or both_layouts:
-      q_ref[:, red] = q
-    if both_layouts or not groups_first:
-      (q_other_ref if both_layouts else q_ref)[red, :] = q.T
+    if groups_ref is not None:
+      groups_ref[:, red] = q
+    if red_ref is not None:
+      red_ref[red, :] = q.T
     return 0
 
   lax.fori_loop(0, num_chunks, store, 0)
