@@ -20,7 +20,7 @@ from int4jax.config import Int4Config
 from int4jax import contraction, contraction_scan
 from int4jax.nn.dense import Dense, DenseGeneral, int4_dense_call, packed_dims
 from int4jax.nn.einsum import Einsum, einsum_spec, int4_einsum_call
-from int4jax.nn import raw_contractions
+from int4jax.nn import raw_contractions, retrace
 from int4jax.nn.int4_dot import STATE_COLLECTION
 from int4jax.serving import einsum_packing
 from int4jax.rules import (QuantizationPlan, QuantRule, check_all_match, config_for,
@@ -29,6 +29,8 @@ from int4jax.rules import (QuantizationPlan, QuantRule, check_all_match, config_
 
 logger = logging.getLogger("int4jax")
 _skipped = set()
+# {interception key: the layer paths its traces visited}: for calls that replay a cached trace
+_visited: Dict[Any, set] = {}
 LINEAR_LAYERS = (nn.Dense, nn.DenseGeneral, nn.Einsum)
 INT4_LAYERS = (Dense, DenseGeneral, Einsum)  # already INT4 by construction
 
@@ -112,7 +114,8 @@ def int4_rules(rules: Sequence[QuantRule] = None, *, config: Int4Config = Int4Co
   trace (init, apply, and each jit retrace).
   """
   rules = make_rules(rules, config, exclude)
-  with nn.intercept_methods(_interceptor(rules, None, True)), \
+  with retrace.interception(("int4_rules", rules, intercept_raw)), \
+      nn.intercept_methods(_interceptor(rules, None, True)), \
       _raw(rules, None, True, intercept_raw):
     yield
 
@@ -150,12 +153,19 @@ class QuantizedModel(nn.Module):
 
   def __call__(self, *args, **kwargs):
     seen: Dict[str, Any] = {}
-    with nn.intercept_methods(_interceptor(self.rules, seen, True)), \
+    key = ("quantize_model", self.rules, self.intercept_raw)
+    with retrace.interception(key), \
+        nn.intercept_methods(_interceptor(self.rules, seen, True)), \
         _raw(self.rules, seen, True, self.intercept_raw):
       out = self.model(*args, **kwargs)
     # at trace time, once per trace. A call that runs part of the model (an encoder alone) does
-    # not trace every layer: the layers whose params exist count too.
-    layers = set(seen) if self.is_initializing() else set(seen) | _kernel_paths(self.variables)
+    # not trace every layer: the layers whose params exist count too. A call that replays a
+    # cached trace (a method wrapped in nn.jit) visits no layer: the layers an earlier trace
+    # under the same rules visited count too.
+    _visited.setdefault(key, set()).update(seen)
+    layers = set(seen) | _visited[key]
+    if not self.is_initializing():
+      layers |= _kernel_paths(self.variables)
     check_all_match(self.rules, layers, self.strict)
     return out
 
@@ -171,7 +181,7 @@ class QuantizedModel(nn.Module):
         return next_fun(*args, **kwargs)
 
     def init(*a, **k):
-      with nn.intercept_methods(scope), \
+      with retrace.interception(retrace.fresh_key()), nn.intercept_methods(scope), \
           nn.intercept_methods(_interceptor(self.rules, record, False)), \
           _raw(self.rules, record, False, self.intercept_raw):
         return self.model.init(jax.random.key(0), *a, **k)

@@ -24,13 +24,31 @@ SWAPS = ((nnx.Linear, Linear.from_linear), (nnx.LinearGeneral, LinearGeneral.fro
 INT4_TYPES = (Linear, LinearGeneral, Einsum)
 
 
+# set on the layers quantize_model swapped in (not on layers INT4 by construction, which keep
+# their own config): a later quantize_model may swap them again, with its own config
+REWRITTEN = "int4jax_rewritten"
+
+
 def _swap_for(node):
-  if isinstance(node, INT4_TYPES):
+  """The constructor of node's INT4 replacement: for a float layer, and for an INT4 layer an
+  earlier quantize_model swapped in (re-quantized with the new rules); None otherwise."""
+  if isinstance(node, INT4_TYPES) and not getattr(node, REWRITTEN, False):
     return None
   for float_type, make in SWAPS:
     if isinstance(node, float_type):
       return make
   return None
+
+
+def _requantize_check(path: str, layer, config: Optional[Int4Config]) -> None:
+  """An INT4 layer swapped in by an earlier quantize_model can take another config, not go back
+  to float in place."""
+  if isinstance(layer, INT4_TYPES) and config is None:
+    raise ValueError(
+        f"quantize_model: {path} was made INT4 in place by an earlier quantize_model, and these "
+        "rules keep it float; an NNX model cannot be turned back to float in place. Quantize a "
+        "copy of the float model instead (int4jax.quantize_model(nnx.clone(float_model), ...)), "
+        "or give it a config")
 
 
 def einsum_problem(layer) -> Optional[str]:
@@ -85,6 +103,10 @@ def quantize_nnx(model: nnx.Module, rules: Optional[Sequence[QuantRule]] = None,
   a config by its int4jax.nnx version sharing its Params. Returns the plan {path: config or None
   (float)}. An Einsum whose equation is not an INT4 GEMM stays float (logged). A rule or exclude
   pattern that matches no layer warns (strict=True: raises) before anything is replaced.
+  A layer an earlier quantize_model swapped in takes these rules' config: it is swapped again,
+  sharing its Params and rng stream, with fresh quantizer state; one these rules keep float
+  raises (an NNX model cannot go back to float in place). Layers INT4 by construction keep
+  their own config.
 
   rngs: where the INT4 layers draw backward randomness ('quant' stream, or 'default'); without
   it a stochastic config can run forward but a gradient raises, or pass rngs= at call time.
@@ -108,8 +130,13 @@ def quantize_nnx(model: nnx.Module, rules: Optional[Sequence[QuantRule]] = None,
                        "nnx.vmap); its quantizer state (scale_mode='lsq', hadamard_block="
                        "'search') is one per layer, not per slice: use a dynamic-scale config "
                        "with a fixed block there")
+  for path, layer, _ in found:
+    _requantize_check(_path(path), layer, config_for(rules, _path(path)))
   for path, layer, make in found:
     cfg = config_for(rules, _path(path))
+    if isinstance(layer, INT4_TYPES) and cfg == layer.config:
+      plan[_path(path)] = cfg
+      continue  # already this config: its quantizer state stays
     problem = einsum_problem(layer) if cfg is not None else None
     if problem is not None:
       logger.warning("int4jax: %s stays float: %s", _path(path), problem)
@@ -123,8 +150,11 @@ def quantize_nnx(model: nnx.Module, rules: Optional[Sequence[QuantRule]] = None,
       parent = _get_child(parent, name)
     new = make(layer, cfg, rngs)
     stack = _stacked_dims(layer)
-    if stack and new.quant_rngs is not None:  # a stack (nnx.vmap-made): a stream per slice
+    if rngs is None and isinstance(layer, INT4_TYPES):
+      new.quant_rngs = layer.quant_rngs  # re-quantized: it keeps its stream(s)
+    elif stack and new.quant_rngs is not None:  # a stack (nnx.vmap-made): a stream per slice
       new.quant_rngs = nnx.data(new.quant_rngs.split(stack))
+    setattr(new, REWRITTEN, True)
     _set_child(parent, path[-1], new)
   return plan
 
