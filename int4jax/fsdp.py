@@ -103,8 +103,10 @@ def regather(shards, config, padded: int) -> jax.Array:
   return packing.unpack_weight_operand(*gathered, padded, config.scale_group)
 
 
-def shard_weight_gradient(dwh: jax.Array, config) -> jax.Array:
-  """dL/d(H W) (Kp, N) split on its columns like the weight, so that GSPMD reduce-scatters the
-  token-summed partial products (or gathers the activations) instead of all-reducing it whole."""
-  place = _placer(config, dwh.shape[1])
-  return dwh if place is None else place(dwh, None, config.fsdp_axis)
+def shard_columns(a: jax.Array, config) -> jax.Array:
+  """A (Kp, N) weight-shaped array split on its columns over config.fsdp_axis: H W as the op
+  takes it, and dL/d(H W), so that GSPMD reduce-scatters the token-summed partial products (or
+  gathers the activations) instead of all-reducing it whole. On an Explicit mesh both then have
+  the same type, as a custom_vjp's input and its gradient must."""
+  place = _placer(config, a.shape[1])
+  return a if place is None else place(a, None, config.fsdp_axis)

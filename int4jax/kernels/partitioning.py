@@ -75,7 +75,8 @@ def _partitioned(gemm, contracting, scaled: bool):
       total = jax.lax.psum(xla_gemm.int_gemm_xla(a, b, contracting), k_axes)
       if not scaled:
         return total
-      return total.astype(jnp.float32) * scales[0] * scales[1]
+      row, col = scales  # the kernels' epilogue: the smaller scale first
+      return total.astype(jnp.float32) * jnp.minimum(row, col) * jnp.maximum(row, col)
 
     args = (named(*a_out), named(*b_out))
     if scaled:

@@ -3,6 +3,13 @@
 H_b is the normalized Sylvester Hadamard matrix of size b (a power of two): orthogonal and
 symmetric, so H_b @ H_b = I. Multiplying both GEMM operands by the same block-diagonal H along
 the contraction dim leaves the product unchanged while spreading outliers across each block.
+
+`block_hadamard` computes it as a fast Walsh-Hadamard transform: log2(b) butterfly stages of
+adds and subtracts, then one multiply by 1/sqrt(b). Every output is the same sequence of
+elementwise float operations whatever the array's shape, sharding or CPU, so a sharded step
+gives the same bits as one device (a dense matmul's summation order depends on how XLA tiles
+it for the shape and the machine: tests/test_shard_map.py failed on an AVX-512 Xeon with the
+matmul form), and it does log2(b) additions per element instead of b multiply-adds.
 """
 
 import functools
@@ -49,16 +56,15 @@ def block_hadamard(x: jax.Array, block_size: int, axis: int = -1) -> jax.Array:
   x = x.astype(jnp.promote_types(x.dtype, jnp.float32))
   if block_size == 1:
     return x
-  h = hadamard_matrix(block_size, x.dtype)
   before, after = math.prod(x.shape[:axis]), math.prod(x.shape[axis + 1:])
-  hi = jax.lax.Precision.HIGHEST
-  if after == 1:  # last axis: a plain batched matmul is fastest
-    blocks = x.reshape(before, n // block_size, block_size)
-    return jnp.matmul(blocks, h, precision=hi).reshape(x.shape)
-  # H is symmetric, so H @ block along a leading axis: a batched left multiply with no transpose
-  # (XLA:CPU lowers the equivalent einsum with extra layout copies).
   blocks = x.reshape(before, n // block_size, block_size, after)
-  return jnp.matmul(h, blocks, precision=hi).reshape(x.shape)
+  half = 1
+  while half < block_size:  # pairs (i, i + half) in each run of 2 * half: (a + c, a - c)
+    runs = blocks.reshape(before, n // block_size, block_size // (2 * half), 2, half, after)
+    a, c = runs[:, :, :, 0], runs[:, :, :, 1]
+    blocks = jnp.stack([a + c, a - c], axis=3).reshape(blocks.shape)
+    half *= 2
+  return (blocks * np.float32(1.0 / math.sqrt(block_size))).reshape(x.shape)
 
 
 def padded_size(n: int, block_size: int) -> int:
