@@ -1,6 +1,7 @@
 """Int4Config: every choice the INT4 linear op makes, in one frozen dataclass."""
 
 import dataclasses
+import numbers
 from typing import Literal, Optional, Tuple, Union
 
 from int4jax import backends
@@ -19,6 +20,52 @@ _CHOICES = {
     "grad_mode": ("bitsplit", "int4", "float"),
     "lss": ("off", "nonzero", "bernoulli", "systematic"),
 }
+
+# Fields checked by type before their values (a bool is not an int here, a str not a number).
+_INTS = ("scale_group", "scale_levels", "scale_search", "lss_blocks", "forward_bits")
+_BOOLS = ("stochastic_rounding", "fuse_bitsplit")
+_REALS = ("lss_budget",)
+_OPTIONAL_REALS = ("scale_clip",)
+_STRS = ("scale_mode", "int_range", "forward_rounding", "grad_mode", "lss", "backend")
+_OPTIONAL_STRS = ("fsdp_axis",)
+
+
+def _is_int(v) -> bool:
+  return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+
+def _is_real(v) -> bool:
+  return isinstance(v, numbers.Real) and not isinstance(v, bool)
+
+
+def _check_types(config) -> None:
+  """A TypeError naming the field for a value of the wrong type (scale_levels=2.5,
+  stochastic_rounding="no", hadamard_block=True, lss_budget="0.5"), before any value check."""
+  def bad(name, want):
+    value = getattr(config, name)
+    raise TypeError(f"Int4Config.{name} must be {want}, got {value!r} "
+                    f"({type(value).__name__})")
+
+  for name in _INTS:
+    if not _is_int(getattr(config, name)):
+      bad(name, "an int")
+  for name in _BOOLS:
+    if not isinstance(getattr(config, name), bool):
+      bad(name, "a bool (True or False)")
+  for name in _REALS:
+    if not _is_real(getattr(config, name)):
+      bad(name, "a number")
+  for name in _OPTIONAL_REALS:
+    if getattr(config, name) is not None and not _is_real(getattr(config, name)):
+      bad(name, "a number or None")
+  for name in _STRS:
+    if not isinstance(getattr(config, name), str):
+      bad(name, "a str")
+  for name in _OPTIONAL_STRS:
+    if getattr(config, name) is not None and not isinstance(getattr(config, name), str):
+      bad(name, "a str (a mesh axis name) or None")
+  if config.hadamard_block != "search" and not _is_int(config.hadamard_block):
+    bad("hadamard_block", "an int (a power of two) or 'search'")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -122,6 +169,7 @@ class Int4Config:
   fsdp_axis: Optional[str] = None
 
   def __post_init__(self):
+    _check_types(self)
     if self.scale_mode == "group":
       raise ValueError("Int4Config: scale_mode='group' (one integer GEMM per group) was retired; "
                        "the default scale_mode='row' has per-group scales in one GEMM "

@@ -30,13 +30,12 @@ the unfused bit split's hi/lo), XLA writes the transposed copy; the packed servi
 (`forward_from_operand`) hands W as (K, N) and a K-major GEMM transposes it.
 
 Int32 accumulation is exact while the contraction length K satisfies
-K * max|a| * max|b| <= 2^31 - 1. With A = max|m * q| = 7 L (8 L for int_range="full"):
-  forward   K <= (2^31 - 1) / A^2          L = 1: 43,826,196; L = 16 (A = 112): 171,196
-  backward  N, M <= (2^31 - 1) / (119 A)   (bit split |v| <= 119): L = 1: 2,578,011; L = 16: 161,125
-where N is dX's contraction (output features) and M dW's (tokens in the batch). With
-forward_bits=8, A = 127: forward K <= 133,144, backward <= 142,095 (A = 128 with
-int_range="full"). A longer contraction raises a ValueError naming the fix (see
-`max_exact_contraction`).
+K * max|a| * max|b| <= 2^31 - 1 (`max_exact_contraction`), with A = max|m * q| = 7 L for the
+forward operands (8 L for int_range="full"; 127 or 128 with forward_bits=8) and V = 112 for the
+bit-split dY (119 for int_range="full"): the forward's padded K <= (2^31 - 1) / A^2, and the
+backward's N (dX: output features) and M (dW: tokens per call) <= (2^31 - 1) / (V A). The README
+lists the limits at the usual settings (tests/test_bad_input.py checks them against this
+function). A longer contraction raises a ValueError naming what to shorten.
 """
 
 import functools
@@ -79,6 +78,8 @@ def int4_linear(x: jax.Array, kernel: jax.Array, bias: Optional[jax.Array] = Non
   if scales is not None:
     scales = tuple(jnp.asarray(s, jnp.float32) for s in scales)
   xh, wh, scales = _same_vma(xh, wh, scales)
+  if config.fsdp_axis is not None:  # placed as its gradient is (on an Explicit mesh: its type)
+    wh = fsdp.shard_columns(wh, config)
   y = _int4_matmul(config, xh, wh, scales, key)
   y = y.reshape(x.shape[:-1] + (n_out,))
   if bias is not None:
@@ -198,11 +199,24 @@ def forward_from_operand(xh, wq, sw, config: Int4Config):
   return backend.scaled_gemm(config.backend)(xq, wq, ((1,), (0,)), sx, sw)
 
 
+# What each GEMM contracts over, and how to shorten it.
+_CONTRACTION_FIX = {
+    "forward": "the layer's in_features, after zero-padding to a multiple of max(hadamard_block, "
+               "scale_group); lower scale_levels (the limit is (2^31 - 1) / (7 L)^2) or split "
+               "the layer along its input features",
+    "dX": "the layer's out_features; lower scale_levels or split the layer along its output "
+          "features",
+    "dW": "the tokens of one call (batch x sequence); split the batch into smaller calls or "
+          "lower scale_levels",
+}
+
+
 def _check_length(length: int, max_a: int, max_b: int, what: str) -> None:
   limit = max_exact_contraction(max_a, max_b)
   if length > limit:
     raise ValueError(f"int4_linear: the {what} GEMM contracts over {length} > {limit} elements, "
-                     "past which int32 accumulation could overflow; split the batch")
+                     f"past which int32 accumulation could overflow. That contraction is "
+                     f"{_CONTRACTION_FIX[what]}")
 
 
 def _operand_max(config: Int4Config) -> int:
@@ -348,9 +362,29 @@ def _forward(config, xh, wh, scales, key):
   return y, (x_kept, sx, kept, sw, key, lsq, wh.shape[0])
 
 
+@jax.custom_jvp
+def _first_order_only(floats):
+  """Identity; differentiating it raises. The backward's float inputs pass through it, so
+  differentiating the backward (jax.grad of a function that calls jax.grad through int4_linear:
+  gradient penalties, MAML) raises instead of returning a wrong second derivative: the backward
+  quantizes dY and reuses the forward's rounded operands, whose derivatives are not defined."""
+  return floats
+
+
+@_first_order_only.defjvp
+def _first_order_only_jvp(primals, tangents):
+  raise ValueError(
+      "int4_linear: a second derivative (jax.grad of a function that itself takes jax.grad "
+      "through an INT4 layer, e.g. a gradient penalty or MAML's inner step) is not defined: "
+      "the backward GEMMs quantize dY and reuse the forward's INT4 operands. Keep the layers "
+      "that the inner gradient flows through in float (QuantRule(path=..., config=None)), or "
+      "stop the outer gradient at the inner one (jax.lax.stop_gradient)")
+
+
 def _backward(config, residuals, dy):
   # xq is Xq (M, K), or Xq^T (K, M) for a K-major backend; wq is Wq (K, N) either way.
   xq, sx, wq, sw, key, lsq, padded = residuals
+  dy, sx, sw, lsq = _first_order_only((dy, sx, sw, lsq))
   k_major = backend.k_major(config.backend)
   if isinstance(wq, tuple):  # FSDP's packed shards
     wq = fsdp.regather(wq, config, padded)
@@ -385,7 +419,7 @@ def _backward(config, residuals, dy):
                                sgemm(x_rows, a, dw_dims, None, s)), config, key_dw,
         layout="transposed" if k_major else "as_is")
   if config.fsdp_axis is not None:
-    dwh = fsdp.shard_weight_gradient(dwh, config)
+    dwh = fsdp.shard_columns(dwh, config)
   if lsq is None:
     return dxh, dwh, None, None
   xh, wh, (sx_lsq, sw_lsq) = lsq

@@ -18,6 +18,7 @@ import functools
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from int4jax import validation
 from int4jax.config import Int4Config
@@ -86,7 +87,8 @@ def fake_quant_rows(t, qmin, qmax, group, levels, per_row, clip_ratio, search=1,
     rms = jnp.sqrt(jnp.mean(t * t, axis=1) if per_row else jnp.full((r_count,), jnp.mean(t * t)))
     rng = jnp.minimum(rng, clip_ratio * rms)
   finite = jnp.isfinite(t).all(axis=1) if per_row else jnp.full((r_count,), jnp.isfinite(t).all())
-  scale = jnp.where(rng > 0, rng / (qmax * levels), 1.0)
+  tiny = np.finfo(np.float32).tiny  # smaller scales would be subnormal: flushed to zero
+  scale = jnp.where(rng > 0, jnp.maximum(rng / (qmax * levels), tiny), 1.0)
   scale = jnp.where(finite, scale, jnp.nan)
   if levels == 1:
     mult = jnp.ones_like(t)
@@ -95,7 +97,8 @@ def fake_quant_rows(t, qmin, qmax, group, levels, per_row, clip_ratio, search=1,
     safe = jnp.where(finite & (rng > 0), rng, 1.0)
     mult = jnp.clip(jnp.ceil(levels * gmax / safe[:, None]), 1, levels)
     if noise is None and search > 1:
-      mult = _least_error_multiplier(t, safe / (qmax * levels), mult, qmin, qmax, group, search)
+      mult = _least_error_multiplier(t, jnp.maximum(safe / (qmax * levels), tiny), mult, qmin,
+                                     qmax, group, search)
   v = t / (scale[:, None] * mult)
   v = jnp.round(v) if noise is None else jnp.floor(v + noise)
   q = jnp.clip(v, qmin, qmax)
@@ -150,7 +153,7 @@ def fake_quant_grad(g, axis, config: Int4Config, key):
   else:
     lo, hi = qmin, qmax
   top = jnp.abs(g).max(axis=axis, keepdims=True)
-  scale = jnp.where(top > 0, top / hi, 1.0)
+  scale = jnp.where(top > 0, jnp.maximum(top / hi, np.finfo(np.float32).tiny), 1.0)
   v = g / scale
   if config.stochastic_rounding:
     v = jnp.floor(v + dither(key, g.shape).reshape(g.shape))

@@ -70,8 +70,10 @@ def test_bad_key_and_config_types():
 
 @pytest.mark.parametrize("lss", ["bernoulli", "systematic"])
 def test_sampling_blocks_must_be_positive_and_divide_the_tokens(lss):
-  for bad in (0, 2.0, True):
-    with pytest.raises(ValueError, match="lss_blocks must be an int >= 1"):
+  with pytest.raises(ValueError, match="lss_blocks must be an int >= 1"):
+    Int4Config(lss=lss, lss_blocks=0)
+  for bad in (2.0, True):
+    with pytest.raises(TypeError, match="lss_blocks must be an int"):
       Int4Config(lss=lss, lss_blocks=bad)
   x, w = make_xw(6, 32, 8)
   config = Int4Config(lss=lss, lss_blocks=4)
@@ -142,3 +144,115 @@ def test_contraction_longer_than_int32_can_hold_raises():
   _check_length(limit, 119, 8, "dW")  # the limit itself is fine
   with pytest.raises(ValueError, match="int32 accumulation could overflow"):
     _check_length(limit + 1, 119, 8, "dW")
+
+
+@pytest.mark.parametrize("config", [Int4Config(), Int4Config(grad_mode="float"),
+                                    Int4Config(lss="bernoulli")])
+def test_a_second_derivative_raises_instead_of_being_wrong(config):
+  x, w = make_xw(8, 32, 16)
+  inner = lambda w: jnp.sum(int4_linear(x, w, key=KEY, config=config) ** 2)
+  penalty = lambda w: jnp.sum(jax.grad(inner)(w) ** 2)  # a gradient penalty
+  with pytest.raises(ValueError, match="second derivative"):
+    jax.grad(penalty)(w)
+  with pytest.raises(ValueError, match="second derivative"):
+    jax.jit(jax.grad(penalty))(w)
+  with pytest.raises((ValueError, TypeError)):  # forward mode: JAX's own custom_vjp error
+    jax.hessian(inner)(w)
+  chex.assert_tree_all_finite(jax.grad(inner)(w))  # first derivatives are unaffected
+
+
+@pytest.mark.parametrize("field, value, want", [
+    ("scale_levels", 2.5, "an int"), ("stochastic_rounding", "no", "a bool"),
+    ("hadamard_block", True, "an int"), ("lss_budget", "0.5", "a number"),
+    ("fuse_bitsplit", 1, "a bool"), ("scale_group", 16.0, "an int"),
+    ("scale_clip", "3", "a number or None"), ("fsdp_axis", 0, "a str"),
+    ("forward_bits", 4.0, "an int"), ("lss_blocks", False, "an int")])
+def test_config_fields_of_the_wrong_type_raise_naming_the_field(field, value, want):
+  with pytest.raises(TypeError, match=f"Int4Config.{field} must be {want}"):
+    Int4Config(**{field: value})
+
+
+def test_config_takes_numpy_integers_and_int_budgets():
+  config = Int4Config(scale_group=np.int64(16), lss_budget=1)
+  assert config.scale_group == 16 and config.lss_budget == 1
+
+
+def _rel(a, b):
+  a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)  # no float32 overflow in the norm
+  return float(np.linalg.norm(a - b) / np.linalg.norm(b))
+
+
+@pytest.mark.parametrize("config", [Int4Config(), Int4Config(scale_mode="tensor"),
+                                    Int4Config(scale_levels=1)])
+def test_huge_finite_inputs_give_finite_outputs_where_float_does(config):
+  from int4jax import int4_linear_reference
+  x, w = make_xw(6, 64, 8)
+  x = x * (3e36 / float(jnp.max(jnp.abs(x))))
+  y, y_float = int4_linear(x, w, config=config), x @ w
+  assert bool(jnp.all(jnp.isfinite(y_float)))
+  assert bool(jnp.all(jnp.isfinite(y)))
+  assert _rel(y, y_float) < 0.25
+  assert _rel(y, int4_linear_reference(x, w, config=config)) < 1e-5
+
+
+@pytest.mark.parametrize("config", [Int4Config(), Int4Config(scale_mode="tensor")])
+def test_tiny_weights_are_not_flushed_to_zero(config):
+  x, w = make_xw(6, 64, 8)
+  w = w * (1e-36 / float(jnp.max(jnp.abs(w))))
+  y, y_float = int4_linear(x, w, config=config), x @ w
+  assert bool(jnp.all(jnp.isfinite(y))) and float(jnp.max(jnp.abs(y))) > 0
+  assert _rel(y, y_float) < 0.6  # a coarser grid below ~1e-36 (README: extreme magnitudes)
+
+
+def test_the_scaled_gemm_epilogue_applies_the_smaller_scale_first():
+  """Huge row scales with tiny column scales (and the reverse): finite where the product is, the
+  same bits from the XLA backend, the Pallas kernel and its reference, NaN scales propagate."""
+  from int4jax.backends.xla import with_scales
+  from int4jax.kernels import int_gemm, pallas_gemm
+  keys = jax.random.split(KEY, 2)
+  a = jax.random.randint(keys[0], (16, 64), -112, 113).astype(jnp.int8)
+  b = jax.random.randint(keys[1], (64, 8), -112, 113).astype(jnp.int8)
+  row = jnp.full((16,), 3e35, jnp.float32).at[3].set(jnp.nan).at[5].set(1e-30)
+  col = jnp.full((8,), 1e-3, jnp.float32).at[2].set(1e30)
+  xla = with_scales(int_gemm.int_gemm_xla)(a, b, ((1,), (0,)), row[:, None], col[None, :])
+  ref = pallas_gemm.scaled_gemm_reference(a, b, row, col)
+  kernel = pallas_gemm.scaled_gemm_pallas(a, b, row, col, interpret=True)
+  np.testing.assert_array_equal(xla, ref)
+  np.testing.assert_array_equal(kernel, ref)
+  exact = (np.asarray(a, np.float64) @ np.asarray(b, np.float64)) * np.asarray(
+      row, np.float64)[:, None] * np.asarray(col, np.float64)[None, :]
+  finite = np.isfinite(exact) & (np.abs(exact) < np.finfo(np.float32).max)
+  assert np.all(np.isfinite(np.asarray(ref))[finite])
+  np.testing.assert_allclose(np.asarray(ref)[finite], exact[finite], rtol=1e-6)
+  assert np.all(np.isnan(np.asarray(ref)[3]))
+
+
+def test_the_forward_length_limit_names_in_features_not_the_batch():
+  k = 171_201  # over the default limit (171,196) before padding
+  with pytest.raises(ValueError, match="in_features") as err:
+    int4_linear(jnp.ones((1, k)), jnp.ones((k, 1)))
+  assert "split the batch" not in str(err.value)
+  with pytest.raises(ValueError, match="in_features"):  # padded to 171,200: also over
+    int4_linear(jnp.ones((1, 171_169)), jnp.ones((171_169, 1)))
+  y = int4_linear(jnp.ones((1, 171_168)), jnp.ones((171_168, 1)))  # the README's limit runs
+  assert float(y[0, 0]) == pytest.approx(171_168, rel=1e-3)
+
+
+def test_the_readme_states_the_limits_this_code_enforces():
+  from pathlib import Path
+  from int4jax.kernels.int_gemm import max_exact_contraction
+  from int4jax.quantizers import bitsplit
+  readme = Path(__file__).parent.parent.joinpath("README.md").read_text()
+  config = Int4Config()
+  a = 7 * config.scale_levels
+  v = bitsplit.combined_max(config.qrange)
+  multiple = config.contraction_multiple
+  stated = {
+      "in_features ≤": max_exact_contraction(a, a) // multiple * multiple,
+      "the padded K ≤": max_exact_contraction(a, a),
+      "(dW) ≤": max_exact_contraction(v, a),
+      "(": max_exact_contraction(v, 7),  # the backward at L = 1
+  }
+  for text, value in stated.items():
+    assert f"{text} {value:,}" in readme or f"{text}{value:,}" in readme, (text, value)
+  assert v == 112

@@ -181,8 +181,10 @@ def test_config_errors_name_the_fix():
     Int4Config(scale_clip=0.0)
   with pytest.raises(ValueError, match="power of two"):
     Int4Config(scale_group=12)
-  for bad in (0, True, 1.5):
-    with pytest.raises(ValueError, match="scale_search must be an int >= 1"):
+  with pytest.raises(ValueError, match="scale_search must be an int >= 1"):
+    Int4Config(scale_search=0)
+  for bad in (True, 1.5):
+    with pytest.raises(TypeError, match="scale_search must be an int"):
       Int4Config(scale_search=bad)
   with pytest.raises(ValueError, match="scale_search=1"):
     Int4Config(scale_group=4096, scale_search=2)

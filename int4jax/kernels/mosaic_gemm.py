@@ -109,13 +109,14 @@ def _in_specs(blocks: MosaicBlocks):
 
 
 def _epilogue(acc_ref, row_smem, col_smem, out_smem, out_gmem, m0, n_slice, blocks):
-  """C rows m0 .. m0 + tile_m: acc * row * col in float32, written to out_gmem through out_smem
-  (epilogue_rows, tile_n), one TMA store per epilogue_rows rows."""
+  """C rows m0 .. m0 + tile_m: acc * min(row, col) * max(row, col) in float32, written to out_gmem
+  through out_smem (epilogue_rows, tile_n), one TMA store per epilogue_rows rows."""
   tm, tn, er = blocks.tile_m, blocks.tile_n, blocks.epilogue_rows
   acc = acc_ref[...].astype(jnp.float32)
   row = plgpu.load(row_smem, (), layout=plgpu.Layout.WGMMA.reduce(1))
   col = plgpu.load(col_smem, (), layout=plgpu.Layout.WGMMA.reduce(0))
-  out = acc * lax.broadcast_in_dim(row, (tm, tn), [0]) * lax.broadcast_in_dim(col, (tm, tn), [1])
+  row, col = lax.broadcast_in_dim(row, (tm, tn), [0]), lax.broadcast_in_dim(col, (tm, tn), [1])
+  out = acc * jnp.minimum(row, col) * jnp.maximum(row, col)  # the smaller scale first
   for i in range(tm // er):
     plgpu.wait_smem_to_gmem(0, wait_read_only=True)  # the previous store has read the buffer
     out_smem[...] = out[i * er:(i + 1) * er].astype(out_smem.dtype)

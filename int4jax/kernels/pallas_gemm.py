@@ -5,8 +5,11 @@
 A and B hold INT4 values in int8. One program computes a (block_m, block_n) tile of C, looping
 over K in block_k steps; each step is an int8 x int8 -> int32 `pl.dot`, which Triton compiles to
 s8 tensor-core MMAs (wgmma on sm_90, mma on sm_80/89). The epilogue multiplies in the same order
-as `scaled_gemm_reference` (acc * row, then * col, then + bias, all float32), so both give the
-same float32 bits. Without scales the kernel returns the int32 accumulator.
+as `scaled_gemm_reference` (acc times the smaller of its row and column scales, then the larger,
+then + bias, all float32), so both give the same float32 bits. Smaller first: the first product
+cannot overflow where C is finite (|x| near 3e36 overflowed acc * row before the small column
+scale applied), nor underflow (|acc| >= 1 times a normal scale). Without scales the kernel
+returns the int32 accumulator.
 
 Operand layouts follow `lax.dot_general`'s contracting dims: A is (M, K) or (K, M), B is (K, N)
 or (N, K). Any M, N, K: the operands are zero-padded to whole blocks (zeros add nothing to an
@@ -60,8 +63,8 @@ def _kernel(a_ref, b_ref, *rest, trans_a, trans_b, block_k, num_k, has_scales, h
   if not has_scales:
     o_ref[...] = acc
     return
-  row_ref, col_ref = rest[0], rest[1]
-  out = acc.astype(jnp.float32) * row_ref[...][:, None] * col_ref[...][None, :]
+  row, col = rest[0][...][:, None], rest[1][...][None, :]
+  out = acc.astype(jnp.float32) * jnp.minimum(row, col) * jnp.maximum(row, col)
   if has_bias:
     out = out + rest[2][...][None, :]
   o_ref[...] = out.astype(o_ref.dtype)
@@ -138,8 +141,11 @@ def scaled_gemm_reference(a: jax.Array, b: jax.Array, row_scale=None, col_scale=
                         preferred_element_type=jnp.int32)
   if row_scale is None and col_scale is None and bias is None:
     return acc
-  out = (acc.astype(jnp.float32) * scale_vector(row_scale, m, "row_scale")[:, None]
-         * scale_vector(col_scale, n, "col_scale")[None, :])
+  row = scale_vector(row_scale, m, "row_scale")[:, None]
+  col = scale_vector(col_scale, n, "col_scale")[None, :]
+  small = jnp.where(row <= col, row, col)  # NaN-propagating by the product below
+  large = jnp.where(row <= col, col, row)
+  out = acc.astype(jnp.float32) * small * large
   if bias is not None:
     out = out + jnp.asarray(bias, jnp.float32)[None, :]
   return out.astype(jnp.float32 if out_dtype is None else out_dtype)

@@ -43,6 +43,7 @@ import numpy as np
 
 from int4jax.kernels.layout import pad_to, round_up
 from int4jax.quantizers import hadamard, two_level
+from int4jax.quantizers.int4_quant import MIN_SCALE
 
 
 MIN_DOT = 16  # Triton's smallest dot dimension
@@ -171,11 +172,12 @@ def _kernel(*refs, axis, gather, weighted, dither_mode, transform, groups_first,
 
   zeros = jnp.zeros((block_groups,), jnp.float32)
   amax, bad = lax.fori_loop(0, num_chunks, absmax, (zeros, zeros))
-  scale = jnp.where(amax > 0, amax / (qmax * levels), 1.0)
+  scale = jnp.where(amax > 0, jnp.maximum(amax / (qmax * levels), MIN_SCALE), 1.0)
   scale = jnp.where(bad == 0, scale, jnp.nan)
   s_ref[...] = scale
   safe_range = jnp.where((bad == 0) & (amax > 0), amax, 1.0)
-  safe_scale = safe_range / (qmax * levels)  # = scale where the group is finite and non-zero
+  # = scale where the group is finite and non-zero
+  safe_scale = jnp.maximum(safe_range / (qmax * levels), MIN_SCALE)
 
   def store(c, _):
     x = transformed(c)

@@ -2,7 +2,7 @@
 
 Same contract as `pallas_gemm.scaled_gemm_pallas` (and the same reference,
 `pallas_gemm.scaled_gemm_reference`): C = (A_int @ B_int) * row[:, None] * col[None, :] (+ bias),
-int32 accumulation with `tl.dot(..., out_dtype=tl.int32)` on int8 tiles (s8 tensor cores), any
+the smaller scale multiplied first, int32 accumulation with `tl.dot(..., out_dtype=tl.int32)` on int8 tiles (s8 tensor cores), any
 M, N, K (masked loads; no padding copies), operand layouts given by strides.
 
 jax-triton needs a CUDA jaxlib and the `triton` package (`pip install "int4jax[triton]"`); its
@@ -61,7 +61,9 @@ if HAS_TRITON:  # defined wherever triton imports, so it can be compiled for sm_
     if EPILOGUE:
       row = tl.load(row_ptr + rm, mask=rm < M, other=0.0)
       col = tl.load(col_ptr + rn, mask=rn < N, other=0.0)
-      out = acc.to(tl.float32) * row[:, None] * col[None, :]
+      r, c = row[:, None], col[None, :]  # the smaller scale first; NaN propagates
+      out = (acc.to(tl.float32) * tl.minimum(r, c, propagate_nan=tl.PropagateNan.ALL)
+             * tl.maximum(r, c, propagate_nan=tl.PropagateNan.ALL))
       if HAS_BIAS:
         out += tl.load(bias_ptr + rn, mask=rn < N, other=0.0)[None, :]
       tl.store(c_ptrs, out.to(c_ptr.dtype.element_ty), mask=mask)

@@ -42,12 +42,19 @@ def nonfinite_to_nan(scale: jax.Array, x: jax.Array, reduce_axes: Axes = None) -
   return jnp.where(finite, scale, jnp.nan).astype(jnp.float32)
 
 
+# The smallest scale a quantizer returns: float32's smallest normal number. A smaller one would be
+# subnormal, which GPUs and XLA:CPU flush to zero (the output would be 0); a group this small
+# (max|x| below ~1e-36) is rounded on a coarser grid instead (fewer than qmax levels used).
+MIN_SCALE = float(jnp.finfo(jnp.float32).tiny)
+
+
 def absmax_scale(x: jax.Array, qmax: float, reduce_axes: Axes = None) -> jax.Array:
-  """max|x| / qmax over `reduce_axes` (None: the whole tensor, shape ()); keepdims otherwise."""
+  """max|x| / qmax over `reduce_axes` (None: the whole tensor, shape ()); keepdims otherwise;
+  at least MIN_SCALE."""
   axes = _reduce_axes(x, reduce_axes)
   keep = reduce_axes is not None
   amax = jnp.max(jnp.abs(x.astype(jnp.float32)), axis=axes, keepdims=keep, initial=0.0)
-  scale = jnp.where(amax > 0, amax / qmax, 1.0)
+  scale = jnp.where(amax > 0, jnp.maximum(amax / qmax, MIN_SCALE), 1.0)
   return jnp.where(jnp.isfinite(amax), scale, jnp.nan).astype(jnp.float32)
 
 

@@ -91,7 +91,7 @@ def _multipliers(x, axis, group, levels, per_row, r, qrange, search):
   if search <= 1:
     return mult
   qmin, qmax = qrange
-  s_g = r_g / (qmax * levels)
+  s_g = jnp.maximum(r_g / (qmax * levels), int4_quant.MIN_SCALE)
   best, best_err = mult, None
   for step in range(search):
     cand = jnp.maximum(mult - step, 1.0)
@@ -146,7 +146,8 @@ def quantize_two_level(t: jax.Array, axis: int, qmin: int, qmax: int, *, group: 
   x = t.astype(jnp.float32)
   r = row_range(x, axis if per_row else None, clip_ratio)
   good = jnp.isfinite(r) & (r > 0)
-  scale = jnp.where(good, r / (qmax * levels), jnp.where(jnp.isfinite(r), 1.0, jnp.nan))
+  scale = jnp.where(good, jnp.maximum(r / (qmax * levels), int4_quant.MIN_SCALE),
+                    jnp.where(jnp.isfinite(r), 1.0, jnp.nan))
   if levels == 1:
     v = x / scale
     mult = None
