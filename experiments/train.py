@@ -130,6 +130,44 @@ def _checkpointer(path: str):
                                options=ocp.CheckpointManagerOptions(max_to_keep=1))
 
 
+def _resume_logs(run_dir: str, metrics_path: str, start: int) -> list:
+  """For a run resumed at checkpoint `start`: drops the metrics records past `start` (they came
+  after the checkpoint and are logged again) and returns the losses of the log window the
+  checkpoint fell in (saved beside it), so the first record after the resume covers the same
+  steps, with the same values, as in an uninterrupted run."""
+  if os.path.exists(metrics_path):
+    with open(metrics_path) as f:
+      kept = [line for line in f if line.strip() and json.loads(line)["step"] <= start]
+    with open(metrics_path, "w") as f:
+      f.writelines(kept)
+  pending = _read_pending_window(run_dir)
+  if pending.get("step") != start:
+    raise RuntimeError(f"{run_dir}: the log window saved with the checkpoint is for step "
+                       f"{pending.get('step')}, not the checkpoint's {start}; delete the run's "
+                       "directory to start it over")
+  return [np.float32(x) for x in pending["losses"]]
+
+
+def _pending_window_path(run_dir: str) -> str:
+  return os.path.join(run_dir, "pending_window.json")
+
+
+def _read_pending_window(run_dir: str) -> dict:
+  if not os.path.exists(_pending_window_path(run_dir)):
+    return {}
+  with open(_pending_window_path(run_dir)) as f:
+    return json.load(f)
+
+
+def _save_pending_window(run_dir: str, step: int, window) -> None:
+  """The losses of the open log window at a checkpoint (written before the checkpoint, atomically
+  replaced), for `_resume_logs`."""
+  path = _pending_window_path(run_dir)
+  with open(path + ".tmp", "w") as f:
+    json.dump({"step": step, "losses": [float(x) for x in jax.device_get(window)]}, f)
+  os.replace(path + ".tmp", path)
+
+
 def _first_bad_loss(losses, first_step: int):
   for i, loss in enumerate(losses):
     if not np.isfinite(loss):
@@ -179,19 +217,22 @@ def train_one(config, workdir: str, variant: str, seed: int, data, *,
       start = manager.latest_step()
       state = manager.restore(start, args=ocp.args.StandardRestore(state))
     metrics_path = os.path.join(run_dir, "metrics.jsonl")
+    resumed_window = _resume_logs(run_dir, metrics_path, start) if start else []
     if start == 0 and os.path.exists(metrics_path):
       os.remove(metrics_path)
 
     from tqdm import tqdm
     bar = tqdm(total=steps, initial=start, desc=f"{variant} seed {seed}", disable=not progress,
                leave=False, dynamic_ncols=True)
-    window, window_start, window_ms = [], time.perf_counter(), []
+    window, window_start, window_ms = resumed_window, time.perf_counter(), []
+    ran = 0  # steps of the open window run in this process (a resumed one began before)
     last_eval = None
     with open(metrics_path, "a") as log:
       write = lambda record: (log.write(json.dumps(record) + "\n"), log.flush())
       for step in range(start, steps):
         state, loss = train_step(state, batch_at(step))
         window.append(loss)
+        ran += 1
         done = step + 1
         if done % config.log_every == 0 or done == steps:
           losses = [float(x) for x in jax.device_get(window)]  # waits for the window's steps
@@ -200,18 +241,19 @@ def train_one(config, workdir: str, variant: str, seed: int, data, *,
           if bad is not None:
             raise FloatingPointError(f"{variant} seed {seed}: loss is {bad[1]} at step {bad[0]}; "
                                      "aborting the run")
-          window_ms.append(1e3 * elapsed / len(losses))
+          window_ms.append(1e3 * elapsed / ran)
           write({"step": done, "loss": losses[-1], "loss_mean": float(np.mean(losses)),
                  "lr": float(schedule(step)),
-                 "examples_per_s": round(len(losses) * config.batch_size / elapsed, 1)})
-          bar.update(len(losses))
+                 "examples_per_s": round(ran * config.batch_size / elapsed, 1)})
+          bar.update(ran)
           bar.set_postfix(loss=f"{np.mean(losses):.3f}")
-          window = []
+          window, ran = [], 0
         if done % eval_every == 0 or done == steps:
           last_eval = evaluate({"params": state["params"], **others}, config, data)
           write({"step": done, **{f"eval_{k}": v for k, v in last_eval.items()}})
         if manager is not None and done % config.checkpoint_every == 0:
           import orbax.checkpoint as ocp
+          _save_pending_window(run_dir, done, window)
           manager.save(done, args=ocp.args.StandardSave(state))
           manager.wait_until_finished()
         if not window:

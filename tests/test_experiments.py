@@ -266,6 +266,26 @@ def test_resume_from_checkpoint_is_bit_identical(workspace, tmp_path):
   assert straight["accuracy"] == resumed["accuracy"]
 
 
+@pytest.mark.slow  # trains: left out of the default run, run by .ci/run
+def test_a_resumed_run_writes_the_logs_of_an_uninterrupted_one(workspace, tmp_path):
+  """A checkpoint inside a log window (every 2 steps, logs every 3), stopped after the window's
+  record was written: the resumed run drops the records past its checkpoint and logs that
+  window again over the same steps, so there is one record per step, as in a straight run."""
+  config = _tiny(get_config("polarity"), workspace, epochs=1.0, checkpoint_every=2, log_every=3)
+  data = _data(config)
+  run = lambda wd, **kw: train.train_one(config, str(wd), "fp32", 0, data, progress=False, **kw)
+
+  def records(wd):
+    lines = open(wd / "fp32" / "seed_0" / "metrics.jsonl").read().splitlines()
+    return [{k: v for k, v in json.loads(x).items() if k != "examples_per_s"} for x in lines]
+
+  run(tmp_path / "straight")
+  assert run(tmp_path / "resumed", stop_after=3)["stopped_at"] == 3
+  assert [r["step"] for r in records(tmp_path / "resumed") if "loss" in r] == [3]
+  run(tmp_path / "resumed")
+  assert records(tmp_path / "resumed") == records(tmp_path / "straight")
+
+
 @pytest.mark.slow  # over 20 s: the slow run (.ci/run)
 def test_nan_loss_aborts_naming_the_first_bad_step_of_its_window(workspace, tmp_path):
   """Losses are fetched per window of log_every steps; the abort names the first bad step (the
