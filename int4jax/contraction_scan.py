@@ -59,14 +59,28 @@ def describe(count: int) -> str:
   return f"{count} contraction{'s' if count != 1 else ''} {WHY}"
 
 
-def trace_forward(fn: Callable, args: Tuple, kwargs: Dict[str, Any]):
-  """jax.make_jaxpr of fn(*args, **kwargs): array and ShapeDtypeStruct arguments are traced
-  (positional or keyword), other keyword values (flags such as deterministic=True) stay static."""
+def _is_arrays(value) -> bool:
+  """Whether `value` is a pytree of arrays (jax or numpy arrays, ShapeDtypeStructs) only."""
   is_array = lambda v: isinstance(v, (jax.Array, jax.ShapeDtypeStruct)) or hasattr(v, "__array__")
-  traced = {k: v for k, v in kwargs.items()
-            if jax.tree.leaves(v) and all(is_array(leaf) for leaf in jax.tree.leaves(v))}
+  leaves = jax.tree.leaves(value)
+  return bool(leaves) and all(is_array(leaf) for leaf in leaves)
+
+
+def trace_forward(fn: Callable, args: Tuple, kwargs: Dict[str, Any]):
+  """jax.make_jaxpr of fn(*args, **kwargs): arguments that are arrays (or ShapeDtypeStructs, or
+  pytrees of them) are traced, positional or keyword; every other value (an einsum equation, a
+  flag such as deterministic=True, a Python number) is passed as it is."""
+  positions = [i for i, a in enumerate(args) if _is_arrays(a)]
+  traced = {k: v for k, v in kwargs.items() if _is_arrays(v)}
   static = {k: v for k, v in kwargs.items() if k not in traced}
-  return jax.make_jaxpr(lambda a, k: fn(*a, **k, **static))(tuple(args), traced)
+
+  def call(arrays, traced_kwargs):
+    full = list(args)
+    for i, a in zip(positions, arrays):
+      full[i] = a
+    return fn(*full, **traced_kwargs, **static)
+
+  return jax.make_jaxpr(call)(tuple(args[i] for i in positions), traced)
 
 
 def _scoped(call, paths, layer_types):

@@ -17,7 +17,7 @@ from int4jax.rules import QuantizationPlan, QuantRule
 def quantize_model(model, rules: Optional[Sequence[QuantRule]] = None, *,
                    config: Int4Config = Int4Config(), exclude: Sequence[str] = (),
                    rngs: Optional[nnx.Rngs] = None, strict: bool = False,
-                   intercept_raw: bool = False):
+                   intercept_raw: Optional[bool] = None):
   """INT4 for the linear layers of `model` that the rules pick: linen Dense, DenseGeneral and
   Einsum; NNX Linear, LinearGeneral (nnx.MultiHeadAttention's projections) and Einsum.
 
@@ -33,14 +33,18 @@ def quantize_model(model, rules: Optional[Sequence[QuantRule]] = None, *,
   Embeddings, attention's QK^T / PV, norms and activations are not linear layers here and stay
     float, as does an Einsum whose equation is not a (tokens x in) @ (in x out) contraction
     (logged).
-  intercept_raw (linen): also make INT4 the `lax.dot_general` / `jnp.einsum` calls that modules
-    run on their own params, by the module's path (int4jax.nn.raw_contractions).
+  intercept_raw (linen; default on): also make INT4 the `lax.dot_general` / `jnp.einsum` calls
+    that modules run on their own params (gemma's Einsum modules, a Conv1D), each named by its
+    module's path, or by the param's path when the module holds several weights
+    (`layer_0/mlp/linear`; int4jax.nn.raw_contractions). A contraction on a param used
+    transposed (a tied head `x @ table.T`) stays float and is listed in the plan. False: only
+    Dense, DenseGeneral and Einsum layers.
   """
   if isinstance(model, nn.Module):
     if rngs is not None:
       raise ValueError("rngs= is for NNX models; a linen model takes rngs={'quant': key} in apply")
     return quantize_linen(model, rules, config=config, exclude=exclude, strict=strict,
-                          intercept_raw=intercept_raw)
+                          intercept_raw=True if intercept_raw is None else intercept_raw)
   if isinstance(model, nnx.Module):
     if intercept_raw:
       raise ValueError("intercept_raw is for linen models; NNX models get INT4 for nnx.Linear, "

@@ -43,10 +43,12 @@ def make_rules(rules: Optional[Sequence[QuantRule]], config: Int4Config,
   return tuple(QuantRule(path=p, config=None) for p in exclude) + (QuantRule(config=config),)
 
 
-def config_for(rules: Sequence[QuantRule], path: str) -> Optional[Int4Config]:
-  """The config of the first rule matching `path`, or None (float) when none matches."""
+def config_for(rules: Sequence[QuantRule], path: str, *aliases: str) -> Optional[Int4Config]:
+  """The config of the first rule matching `path` (or one of its `aliases`: a contraction named
+  by its param, `layer_0/mlp/linear`, also answers to its module's path `layer_0/mlp`), or None
+  (float) when none matches."""
   for rule in rules:
-    if re.fullmatch(rule.path, path):
+    if any(re.fullmatch(rule.path, p) for p in (path,) + aliases):
       return rule.config
   return None
 
@@ -91,6 +93,14 @@ class QuantizationPlan(dict):
     # contract, after the transpose in kernel_perms for an Einsum. int4jax.export packs these.
     self.contracted_dims: Dict[str, int] = {}
     self.kernel_perms: Dict[str, Tuple[int, ...]] = {}
+    # for a module's own contraction (intercept_raw): the '/'-joined path of the param it
+    # contracts, which int4jax.export packs (`layer_0/attn/q_einsum/w`, `layer_0/mlp/linear`)
+    self.param_paths: Dict[str, str] = {}
+    # the module paths of contractions named by their param (`layer_0/mlp` for
+    # `layer_0/mlp/linear`): rules may match those too
+    self.scopes: set = set()
+    # {(module path, reason): how many contractions there stay float for it}
+    self.skip_counts: Dict[Tuple[str, str], int] = {}
 
   def describe(self) -> str:
     """One line per layer (INT4 with its main settings, or float), then one per module with a

@@ -199,27 +199,57 @@ def packed_einsum(spec: str, x: jax.Array, packed: PackedWeight) -> jax.Array:
   return jnp.transpose(y, out_perm)
 
 
+def dot_general_packing(dimension_numbers, rhs_ndim: int):
+  """(kernel_perm, contracted_dims) that export a weight contracted by `lax.dot_general(x, w,
+  dimension_numbers)` for `packed_dot_general`, or None with batch dims."""
+  (_, rc), (lb, _) = dimension_numbers
+  if lb:
+    return None
+  rc = tuple(int(a) for a in rc)
+  perm = rc + tuple(a for a in range(rhs_ndim) if a not in rc)
+  return (() if perm == tuple(range(rhs_ndim)) else perm), len(rc)
+
+
+def packed_dot_general(x: jax.Array, packed: PackedWeight, dimension_numbers) -> jax.Array:
+  """`lax.dot_general(x, kernel, dimension_numbers)` from the packed kernel (no batch dims): x's
+  free dims, then the kernel's, as dot_general lays them out."""
+  (lc, _), _ = dimension_numbers
+  layout = dot_general_packing(dimension_numbers, len(packed.kernel_shape))
+  if layout != (packed.kernel_perm, packed.contracted_dims):
+    raise ValueError(f"int4jax: dot_general {dimension_numbers} needs its kernel packed as "
+                     f"(kernel_perm, contracted_dims) = {layout}, but it was exported as "
+                     f"{(packed.kernel_perm, packed.contracted_dims)}: export it again")
+  lc = tuple(int(a) for a in lc)
+  free = tuple(a for a in range(x.ndim) if a not in lc)
+  return packed_contraction(jnp.transpose(x, free + lc), packed)
+
+
 def export(params: Mapping[str, Any], plan: Mapping[str, Optional[Int4Config]]
            ) -> Dict[str, Any]:
   """A copy of a params tree (nested dicts, '/'-joined layer paths as in `plan`) in which the
   kernel of every INT4 Dense, DenseGeneral and Einsum layer that can serve packed weights is a
   PackedWeight: those in a QuantizationPlan's `contracted_dims` (int4jax.plan / a linen
   QuantizedModel's .plan(x)), attention's (d, heads, head_dim) projections included. Float
-  layers keep their kernels, and so do INT4 layers that cannot be served packed (batch dims, a
-  module's own contractions): they still run INT4 from the float kernel (logged). With a plain
-  dict for a plan, every INT4 layer's 2-D kernel is packed."""
+  layers keep their kernels, and so do INT4 layers that cannot be served packed (batch dims):
+  they still run INT4 from the float kernel (logged). A module's own contractions on its params
+  (`quantize_model`'s intercept_raw: gemma's Einsum `w`, `layer_0/mlp/linear`) are packed
+  too, at the param the plan names (`param_paths`). With a plain dict for a plan, every INT4
+  layer's 2-D kernel is packed."""
   dims_of = getattr(plan, "contracted_dims", None)
+  param_paths = getattr(plan, "param_paths", {})
   out = dict(params)  # copied along each rewritten path below; the arrays are shared
   for path, config in plan.items():
     if config is None:
       continue
     node = out
-    names = path.split("/")
-    for name in names[:-1]:
+    names = param_paths.get(path, path + "/kernel").split("/")
+    for name in names[:-2]:
       node[name] = dict(node[name])
       node = node[name]
-    layer = dict(node[names[-1]])
-    kernel = layer.get("kernel")
+    layer = dict(node[names[-2]]) if len(names) > 1 else node
+    kernel = layer.get(names[-1])
+    if isinstance(kernel, PackedWeight):
+      continue  # already packed (a parameter shared by two contractions)
     dims = (1 if kernel is not None and kernel.ndim == 2 else None) if dims_of is None \
         else dims_of.get(path)
     if kernel is None or dims is None:
@@ -228,7 +258,8 @@ def export(params: Mapping[str, Any], plan: Mapping[str, Optional[Int4Config]]
                   else "its contraction has batch dims, or it is not a layer that serves packed "
                   "kernels")
       continue
-    layer["kernel"] = export_weight(kernel, config, dims,
-                                    getattr(plan, "kernel_perms", {}).get(path, ()))
-    node[names[-1]] = layer
+    layer[names[-1]] = export_weight(kernel, config, dims,
+                                     getattr(plan, "kernel_perms", {}).get(path, ()))
+    if len(names) > 1:
+      node[names[-2]] = layer
   return out

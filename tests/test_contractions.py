@@ -217,7 +217,7 @@ def test_a_linen_plan_lists_contractions_outside_layers_by_module():
   assert {p: c is not None for p, c in plan.items()} == {
       "attn/query": True, "attn/key": True, "attn/value": True, "attn/out": True, "mlp": True}
   assert set(plan.skipped) == {"attn", ""}, plan.skipped
-  assert plan.skipped["attn"].startswith("2 contractions ")
+  assert plan.skipped["attn"].startswith("2 contractions")
   assert plan.skipped[""].startswith("1 contraction ")
   assert "<root>: skipped, stays float: 1 contraction outside" in plan.describe()
 

@@ -95,16 +95,19 @@ def test_the_forward_equals_the_op_on_the_same_operands():
 
 # the root's rule matches only the weightless contraction, no layer: that warning is expected
 @pytest.mark.filterwarnings("ignore:.*match no layer")
-def test_contractions_without_a_weight_are_logged_once_and_stay_float(caplog, monkeypatch):
+def test_contractions_without_a_weight_are_logged_once_at_info_and_stay_float(caplog, monkeypatch):
+  """Attention's QK^T and PV are expected to stay float: one INFO line per model, no WARNING."""
   from int4jax.nn import raw_contractions
   monkeypatch.setattr(raw_contractions, "_skipped", set())  # "once" is per process
+  monkeypatch.setattr(raw_contractions, "_reported", set())
   model = _model([QuantRule(path="", config=Int4Config()), QuantRule(config=None)])
-  params = model.init(jax.random.key(1), X)["params"]
-  with caplog.at_level(logging.WARNING, logger="int4jax"):
+  with caplog.at_level(logging.INFO, logger="int4jax"):
+    params = model.init(jax.random.key(1), X)["params"]
     out = model.apply({"params": params}, X)
     model.apply({"params": params}, X)
-  skipped = [r for r in caplog.records if "stays float" in r.getMessage()]
-  assert len(skipped) == 1 and "not a param" in skipped[0].getMessage()
+  skipped = [r for r in caplog.records if "float" in r.getMessage()]
+  assert len(skipped) == 1 and skipped[0].levelno == logging.INFO
+  assert "activations only" in skipped[0].getMessage()
   np.testing.assert_array_equal(out, Block().apply({"params": params}, X))
 
 
@@ -112,8 +115,8 @@ def test_contractions_without_a_weight_are_logged_once_and_stay_float(caplog, mo
 def test_the_plan_lists_skipped_contractions_with_the_reason():
   plan = int4jax.plan(_model([QuantRule(path="", config=Int4Config()), QuantRule(config=None)]), X)
   assert plan == {"q_proj": None, "c_proj": None}
-  assert set(plan.skipped) == {""} and "not a param" in plan.skipped[""]
-  assert "<root>: skipped, stays float: its second operand is not a param" in plan.describe()
+  assert set(plan.skipped) == {""} and "activations only" in plan.skipped[""]
+  assert "<root>: skipped, stays float: 2 contractions: activations only" in plan.describe()
 
 
 def test_flax_attention_lists_its_projections_int4_and_its_score_contractions_skipped():
@@ -138,34 +141,17 @@ def test_a_config_with_quantizer_state_names_the_fix():
     model.init(jax.random.key(1), X)
 
 
+def test_it_is_on_by_default():
+  """Qwix-style: a module's own contractions on its params are INT4 without a flag."""
+  plan = int4jax.plan(int4jax.quantize_model(Block()), X)
+  assert {p for p, c in plan.items() if c is not None} == {"q_proj", "c_proj"}
+
+
 @pytest.mark.filterwarnings("ignore:.*match no layer")  # Block has no Dense layer: expected
-def test_it_is_opt_in():
-  """Without intercept_raw, a module's own contractions stay float, as they always were."""
-  model = int4jax.quantize_model(Block())
+def test_intercept_raw_false_leaves_them_float():
+  """With intercept_raw=False, a module's own contractions stay float, as they were before."""
+  model = int4jax.quantize_model(Block(), intercept_raw=False)
   assert model.plan(X) == {}
   params = model.init(jax.random.key(1), X)["params"]
   np.testing.assert_array_equal(model.apply({"params": params}, X),
                                 Block().apply({"params": params}, X))
-
-
-def test_the_wrappers_act_on_the_tracing_thread_only_and_are_then_removed():
-  import threading
-  from int4jax.nn import raw_contractions
-  original = jax.lax.dot_general
-  params = Block().init(jax.random.key(1), X)
-  expected = Block().apply(params, X)
-  inside, release = threading.Event(), threading.Event()
-
-  def trace_elsewhere():
-    with raw_contractions.intercept((QuantRule(),), {}, True, ()):
-      inside.set()
-      release.wait(30)
-
-  thread = threading.Thread(target=trace_elsewhere)
-  thread.start()
-  assert inside.wait(30) and jax.lax.dot_general is not original  # installed for the process
-  out = Block().apply(params, X)  # this thread has no rules: unchanged
-  release.set()
-  thread.join()
-  assert jax.lax.dot_general is original
-  np.testing.assert_array_equal(out, expected)

@@ -4,12 +4,14 @@ Every nn.Dense / nn.DenseGeneral / nn.Einsum call inside the model is intercepte
 matches a rule with a config, the call runs `int4_dense_call` / `int4_einsum_call` on the same
 module (so the params keep their names, shapes and initialisers), else it runs unchanged. An
 Einsum whose equation is not a (tokens x in) @ (in x out) contraction stays float, logged once.
-With intercept_raw=True, `lax.dot_general` / `jnp.einsum` calls that a module makes on its own
-params are intercepted too (int4jax.nn.raw_contractions).
+`lax.dot_general` / `jnp.einsum` calls that a module makes on its own params are intercepted too
+(int4jax.nn.raw_contractions; intercept_raw=False turns that off). The interception is part of
+JAX's trace cache key (int4jax.nn.retrace), so `nn.jit` never replays another config's trace.
 """
 
 import contextlib
 import logging
+import types
 from typing import Any, Dict, Optional, Sequence, Tuple
 
 import flax.linen as nn
@@ -107,7 +109,7 @@ def _interceptor(rules: Sequence[QuantRule], record: Optional[Dict[str, Any]], r
 
 @contextlib.contextmanager
 def int4_rules(rules: Sequence[QuantRule] = None, *, config: Int4Config = Int4Config(),
-               exclude: Sequence[str] = (), intercept_raw: bool = False):
+               exclude: Sequence[str] = (), intercept_raw: bool = True):
   """Context manager: linen Dense/DenseGeneral calls traced inside it follow `rules`.
 
   Prefer `quantize_model`, which keeps the rules with the model; this form must surround every
@@ -136,38 +138,63 @@ def _kernel_paths(variables) -> set:
 
 
 class QuantizedModel(nn.Module):
-  """`model` with its matched Dense/DenseGeneral layers in INT4. Same param tree as `model`
-  (the wrapper shares its scope), plus the documented quantizer state for configs that need it.
-  Call it as you would `model`; other methods: `apply(..., method=lambda m, *a: m.model.f(*a))`
-  runs them without INT4, so use `int4_rules` around such calls."""
+  """`model` with its matched contractions in INT4. Same param tree as `model` (the wrapper
+  shares its scope), plus the documented quantizer state for configs that need it. A drop-in:
+  call it as you would `model`, and its other attributes and methods are the model's
+  (`.config`, `.init_cache(...)`, `apply(..., method="decode")`); methods run with the same
+  INT4 rules as `__call__` when bound."""
 
   model: nn.Module
   rules: Tuple[QuantRule, ...]
   strict: bool = False  # a pattern that matches no layer raises instead of warning
   # also rewrite lax.dot_general / jnp.einsum that modules run on their own params
-  # (int4jax.nn.raw_contractions)
-  intercept_raw: bool = False
+  # (int4jax.nn.raw_contractions); on by default, as the rules name the contractions
+  intercept_raw: bool = True
 
   def setup(self):
     nn.share_scope(self, self.model)
 
   def __call__(self, *args, **kwargs):
-    seen: Dict[str, Any] = {}
+    return self._intercepted(lambda model: model(*args, **kwargs))
+
+  def _intercepted(self, run):
+    """run(self.model) with this model's rules, at trace time once per trace."""
+    seen = QuantizationPlan()
     key = ("quantize_model", self.rules, self.intercept_raw)
     with retrace.interception(key), \
         nn.intercept_methods(_interceptor(self.rules, seen, True)), \
         _raw(self.rules, seen, True, self.intercept_raw):
-      out = self.model(*args, **kwargs)
-    # at trace time, once per trace. A call that runs part of the model (an encoder alone) does
-    # not trace every layer: the layers whose params exist count too. A call that replays a
-    # cached trace (a method wrapped in nn.jit) visits no layer: the layers an earlier trace
-    # under the same rules visited count too.
-    _visited.setdefault(key, set()).update(seen)
+      out = run(self.model)
+    # A call that runs part of the model (an encoder alone) does not trace every layer: the
+    # layers whose params exist count too. A call that replays a cached trace (a method wrapped
+    # in nn.jit) visits no layer: the layers an earlier trace under the same rules visited count
+    # too.
+    _visited.setdefault(key, set()).update(set(seen) | seen.scopes)
     layers = set(seen) | _visited[key]
     if not self.is_initializing():
       layers |= _kernel_paths(self.variables)
     check_all_match(self.rules, layers, self.strict)
+    raw_contractions.report_skipped(type(self.model).__name__, seen)
     return out
+
+  def __getattr__(self, name):
+    """The wrapped model's attribute; its methods run under this model's INT4 rules."""
+    try:
+      return super().__getattr__(name)
+    except AttributeError:
+      model = self.__dict__.get("model")
+      if name.startswith("_") or model is None:
+        raise
+    attr = getattr(model, name)
+    if not (callable(attr) and getattr(attr, "__self__", None) is model):
+      return attr
+
+    def forwarded(wrapper, *args, **kwargs):
+      if wrapper.scope is None:  # unbound: the model's own method (e.g. an empty cache)
+        return getattr(wrapper.model, name)(*args, **kwargs)
+      return wrapper._intercepted(lambda m: getattr(m, name)(*args, **kwargs))
+
+    return types.MethodType(forwarded, self)
 
   def plan(self, *args, **kwargs) -> QuantizationPlan:
     """{module path: its Int4Config, or None when it stays float} for each Dense, DenseGeneral
@@ -187,15 +214,16 @@ class QuantizedModel(nn.Module):
         return self.model.init(jax.random.key(0), *a, **k)
 
     traced = contraction_scan.trace_forward(init, args, kwargs)
-    for path, count in contraction_scan.unowned_contractions(traced, record).items():
+    owned = set(record) | record.scopes
+    for path, count in contraction_scan.unowned_contractions(traced, owned).items():
       record.skipped.setdefault(path, contraction_scan.describe(count))
-    check_all_match(self.rules, record, self.strict)
+    check_all_match(self.rules, owned, self.strict)
     return record
 
 
 def quantize_linen(model: nn.Module, rules: Optional[Sequence[QuantRule]] = None, *,
                    config: Int4Config = Int4Config(), exclude: Sequence[str] = (),
-                   strict: bool = False, intercept_raw: bool = False):
+                   strict: bool = False, intercept_raw: bool = True):
   if not isinstance(model, nn.Module):
     raise TypeError(f"quantize_model: expected a flax module, got {type(model).__name__}")
   return QuantizedModel(model=model.clone(parent=None), rules=make_rules(rules, config, exclude),
