@@ -101,10 +101,10 @@ def test_lsq_rules_add_only_the_documented_quant_subtree():
 
 def test_int4_rules_context_manager_equals_the_wrapper():
   model = Model()
-  variables = model.init(jax.random.key(1), TOKENS)
-  with inn.int4_rules(exclude=["head"]):
-    y = model.apply(variables, TOKENS)
-  chex.assert_trees_all_equal(y, int4jax.quantize_model(model, exclude=["head"]).apply(
+  variables = jax.jit(model.init)(jax.random.key(1), TOKENS)
+  with inn.int4_rules(exclude=["head"]):  # traced inside the context
+    y = jax.jit(model.apply)(variables, TOKENS)
+  chex.assert_trees_all_equal(y, jax.jit(int4jax.quantize_model(model, exclude=["head"]).apply)(
       variables, TOKENS))
 
 
@@ -154,10 +154,11 @@ def test_a_pattern_that_matches_no_layer_warns_or_raises_linen():
   with pytest.raises(ValueError, match="haed"):
     int4jax.quantize_model(Model(), exclude=[r".*haed"], strict=True).plan(TOKENS)
   quantized = int4jax.quantize_model(Model(), exclude=[r"head"], strict=True)
-  params = quantized.init(jax.random.key(0), TOKENS)["params"]
+  params = jax.jit(quantized.init)(jax.random.key(0), TOKENS)["params"]
   with pytest.raises(ValueError, match="blok"):  # the check also runs when apply traces
-    int4jax.quantize_model(Model(), [QuantRule(path="blok_0/.*", config=None), QuantRule()],
-                           strict=True).apply({"params": params}, TOKENS)
+    jax.jit(int4jax.quantize_model(Model(), [QuantRule(path="blok_0/.*", config=None),
+                                             QuantRule()], strict=True).apply)(
+        {"params": params}, TOKENS)
 
 
 def test_a_call_that_runs_part_of_the_model_does_not_warn_about_the_rest():

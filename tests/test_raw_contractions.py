@@ -62,19 +62,20 @@ def test_the_plan_lists_the_weight_contractions_by_module_path():
 
 def test_a_training_step_runs_three_integer_gemms_per_contraction():
   model = _model()
-  params = model.init(jax.random.key(1), X)["params"]
+  params = jax.jit(model.init)(jax.random.key(1), X)["params"]
   loss = lambda p: jnp.sum(model.apply({"params": p}, X, rngs={"quant": jax.random.key(2)}) ** 2)
   jaxpr = jax.make_jaxpr(jax.grad(loss))(params)
   assert len(integer_dots(jaxpr)) == 3 * 2
   grads = jax.jit(jax.grad(loss))(params)
-  float_grads = jax.grad(lambda p: jnp.sum(Block().apply({"params": p}, X) ** 2))(params)
+  float_grads = jax.jit(jax.grad(lambda p: jnp.sum(Block().apply({"params": p}, X) ** 2)))(
+      params)
   assert rel_err(grads["c_proj"]["weight"], float_grads["c_proj"]["weight"]) < 0.3
   assert jax.lax.dot_general.__name__ == "dot_general"  # restored after the trace
 
 
 def test_the_forward_equals_the_op_on_the_same_operands():
   model = _model([QuantRule(path="q_proj", config=None), QuantRule()])
-  params = model.init(jax.random.key(1), X)["params"]
+  params = jax.jit(model.init)(jax.random.key(1), X)["params"]
   captured = {}
 
   class Spy(nn.Module):  # the float model, recording c_proj's input

@@ -23,7 +23,7 @@ PROJECTIONS = {f"layer_{i}/{name}" for i in range(Config().layers) for name in (
 
 
 def _params(model=Transformer()):
-  return model.init(jax.random.key(1), TOKENS)
+  return jax.jit(model.init)(jax.random.key(1), TOKENS)
 
 
 def _loss(model, params, tokens=TOKENS):
@@ -44,7 +44,7 @@ def test_a_train_step_runs_three_integer_gemms_per_projection():
   params = _params(model)
   jaxpr = jax.make_jaxpr(jax.grad(lambda p: _loss(model, p)))(params)
   assert len(integer_dots(jaxpr)) == 3 * len(PROJECTIONS)
-  float_grads = jax.grad(lambda p: _loss(Transformer(), p))(params)
+  float_grads = jax.jit(jax.grad(lambda p: _loss(Transformer(), p)))(params)
   grads = jax.jit(jax.grad(lambda p: _loss(model, p)))(params)
   for path in ("layer_0/mlp/linear", "layer_1/attn/kv_einsum/w"):
     keys = path.split("/")
@@ -149,7 +149,7 @@ def test_the_fused_mlp_serves_both_of_its_params_packed_bit_for_bit():
   from tests.gemma_style import FeedForward
   model = int4jax.quantize_model(FeedForward(Config()))
   x = jax.random.normal(jax.random.key(3), (2, 8, Config().width))
-  params = model.init(jax.random.key(4), x)
+  params = jax.jit(model.init)(jax.random.key(4), x)
   packed = int4jax.export(params["params"], model.plan(x))
   assert {type(v).__name__ for v in packed.values()} == {"PackedWeight"}
   forward = jax.jit(model.apply)
