@@ -8,10 +8,13 @@ Reads every <workdir>/<variant>/seed_<s>/summary.json (finished runs) and metric
 and writes:
   <task>.json  {task, title, metric, higher_is_better, metric_scale, device, jax_version, date,
                variants: {name: {mean, std, seeds, seed_ids, <extra>_mean, <extra>_std,
-               step_time_ms, vs_fp32, vs_fp32_std, vs_fp32_rel (%), vs_fp32_seeds}}}: values are
+               step_time_ms, vs_fp32, vs_fp32_std, vs_fp32_rel (%), vs_fp32_seeds}},
+               curves: {variant: {seed: [[step, metric], ...]}}}: values are
                metric * metric_scale (accuracy in %); vs_fp32 is paired on the seeds both ran
+               (the .md lists the metric at every evaluation, and a loss's ratio to fp32)
   <task>.md    a table generated from that JSON
-  <task>.png   training loss and the evaluation metric over training, per variant
+  <task>.png   training loss and the evaluation metric over training, per variant (and for a
+               loss, its ratio to fp32's over training)
   logs/<task>/ the raw metrics logs
 The metric and its direction come from the task (experiments.tasks); nothing assumes accuracy.
 """
@@ -132,7 +135,8 @@ def markdown(result: Dict) -> str:
   lines += ["", "mean ± std over the seeds listed (population std); ms/step is each run's median "
             "training-step time, comparable only between runs that had the machine to "
             "themselves."]
-  return "\n".join(lines) + "\n"
+  steps = by_step_markdown(result)
+  return "\n".join(lines) + "\n" + ("\n" + steps if steps else "")
 
 
 def summary_table(results) -> str:
@@ -180,6 +184,64 @@ def overview(results: List[Dict]) -> str:
   return "\n".join(lines) + "\n"
 
 
+def eval_curves(workdir: str, runs: Dict[str, Dict[int, Dict]], metric: str,
+                scale: float = 1.0) -> Dict[str, Dict[str, List]]:
+  """{variant: {seed: [[step, metric * scale], ...]}}: every evaluation of each finished run."""
+  curves = {}
+  for variant, seeds in runs.items():
+    for seed in seeds:
+      path = os.path.join(workdir, variant, f"seed_{seed}", "metrics.jsonl")
+      points = [json.loads(line) for line in open(path)] if os.path.exists(path) else []
+      curves.setdefault(variant, {})[str(seed)] = [
+          [r["step"], round(r[f"eval_{metric}"] * scale, 4)] for r in points
+          if f"eval_{metric}" in r]
+  return curves
+
+
+def by_step(result: Dict) -> Dict[str, Dict[int, tuple]]:
+  """{variant: {step: (mean metric, mean fp32 at that step)}} over the seeds the variant shares
+  with fp32, at the steps both evaluated (fp32's own entry pairs with itself)."""
+  curves, out = result.get("curves", {}), {}
+  base = curves.get("fp32", {})
+  for variant, seeds in curves.items():
+    shared = [s for s in seeds if s in base]
+    if not shared:
+      continue
+    points = {}
+    for s in shared:
+      ours, theirs = dict(map(tuple, seeds[s])), dict(map(tuple, base[s]))
+      for step in ours.keys() & theirs.keys():
+        points.setdefault(step, []).append((ours[step], theirs[step]))
+    out[variant] = {step: (float(np.mean([a for a, _ in v])), float(np.mean([b for _, b in v])))
+                    for step, v in sorted(points.items()) if len(v) == len(shared)}
+  return out
+
+
+def by_step_markdown(result: Dict) -> str:
+  """The metric at each evaluation, per variant (mean over the seeds it shares with fp32), and
+  for a loss its ratio to fp32's at the same step: the gap over training, not only at the end."""
+  table = by_step(result)
+  if "fp32" not in table or len(table["fp32"]) < 2:
+    return ""
+  loss = not result.get("higher_is_better", True)
+  steps = sorted(table["fp32"])
+  lines = [f"## {result['metric']} at each evaluation"
+           + (" (ratio to fp32 at the same step, same seeds)" if loss else ""), "",
+           "| variant | " + " | ".join(str(s) for s in steps) + " |",
+           "|---|" + "---:|" * len(steps)]
+  for variant, points in table.items():
+    cells = []
+    for step in steps:
+      if step not in points:
+        cells.append("—")
+        continue
+      ours, base = points[step]
+      ratio = f" ({ours / base:.3f})" if loss and variant != "fp32" and base else ""
+      cells.append(_fmt(result, ours) + ratio)
+    lines.append(f"| {variant} | " + " | ".join(cells) + " |")
+  return "\n".join(lines) + "\n"
+
+
 def read_curves(workdir: str, variant: str, metric: str):
   """((steps, mean training loss), (steps, mean eval metric), number of seeds) over seeds."""
   losses, evals, seeds = {}, {}, 0
@@ -204,8 +266,18 @@ def plot(result: Dict, workdir: str, path: str) -> None:
   seeds = sorted({n for _, _, n in curves.values()})
   over = (f"seed {result['variants'][next(iter(curves))]['seed_ids'][0]}" if seeds == [1]
           else f"mean over {' or '.join(map(str, seeds))} seeds")
-  fig, (ax_loss, ax_eval) = plt.subplots(1, 2, figsize=(12, 4.2))
   one_point = all(len(es) <= 1 for (_, (es, _), _) in curves.values())
+  ratios = by_step(result) if not result.get("higher_is_better", True) and not one_point else {}
+  ratios = {v: p for v, p in ratios.items() if v != "fp32" and len(p) >= 2}
+  fig, axes = plt.subplots(1, 3 if ratios else 2, figsize=(18 if ratios else 12, 4.2))
+  ax_loss, ax_eval = axes[:2]
+  if ratios:  # the gap over training: each variant's loss / fp32's, same seeds, same step
+    for variant, points in ratios.items():
+      axes[2].plot(list(points), [a / b for a, b in points.values()], marker="o", label=variant)
+    axes[2].axhline(1.0, color="gray", lw=0.8)
+    axes[2].set(xlabel="training step", ylabel=f"{metric} / fp32's (same seeds)",
+                title="gap to fp32 over training")
+    axes[2].legend(fontsize=8)
   for i, (variant, ((ls, lv), (es, ev), _)) in enumerate(curves.items()):
     ax_loss.plot(ls, lv, label=variant)
     if one_point and ev:
@@ -238,6 +310,7 @@ def write_report(config, workdir: str, out_dir: str = "experiments/results",
   if not runs:
     raise FileNotFoundError(f"no finished runs (summary.json) under {workdir}")
   result = summarize(config, runs)
+  result["curves"] = eval_curves(workdir, runs, result["metric"], result["metric_scale"])
   os.makedirs(out_dir, exist_ok=True)
   with open(os.path.join(out_dir, f"{config.task}.json"), "w") as f:
     json.dump(result, f, indent=1)

@@ -34,7 +34,7 @@ import numpy as np
 import optax
 
 import int4jax
-from experiments import baselines, sharding, tasks, variants
+from experiments import baselines, gemm_ablation, sharding, tasks, variants
 
 logger = logging.getLogger("experiments")
 
@@ -52,6 +52,9 @@ def build_model(task, config, data, variant: str):
   baseline = getattr(variants.VARIANTS.get(variant), "baseline", None)
   if baseline is not None:
     return baselines.LowPrecisionModel(model, baseline, tuple(task.float_layers))
+  gemms = getattr(variants.VARIANTS.get(variant), "gemms", ())
+  if gemms:
+    return gemm_ablation.AblatedModel(model, gemms, exclude=tuple(task.float_layers))
   rules = variants.rules_for(variant, task.float_layers, task.layer_groups)
   if rules is None:
     return model
@@ -97,7 +100,7 @@ def initial_state(task, config, data, model, variant: str, seed: int, tx):
   """({params, opt, step}, non-trainable collections): the same params for every variant of a
   seed; quantizer state (if any, e.g. a searched Hadamard block) from the first batch."""
   variables = {"params": task.init_params(config, task.model(config, data), data, seed)}
-  if variants.VARIANTS[variant].config is not None:
+  if variants.is_quantized(variant):
     variables = int4jax.nn.calibrate(model, variables,
                                      *task.model_inputs(task.train_batch(config, data, seed, 0)))
   params = variables.pop("params")
@@ -178,7 +181,7 @@ def _first_bad_loss(losses, first_step: int):
 def tune_step(variant: str, train_step, state, batch) -> None:
   """On GPU, times the kernel choices of an INT4 step's GEMM shapes (int4jax.tune) before jit
   fixes them; nothing to do on CPU or for the float variants."""
-  if (variants.VARIANTS[variant].config is not None
+  if (variants.is_quantized(variant)
       and int4jax.describe_backend("auto").name == "auto-tuned"):
     int4jax.tune(train_step, state, batch)
 

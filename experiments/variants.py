@@ -27,6 +27,15 @@
   bf16, fp8         float baselines for speed (experiments.baselines): the same layers' GEMMs
                     in bfloat16, or FP8 via XLA with per-tensor scales; not in the default runs
 
+Diagnosis of the gap (not in the default runs):
+  gemm-fwd-x, gemm-fwd-w, gemm-fwd, gemm-dx, gemm-dw
+                    the default's INT4 quantizers on one GEMM's operands only (the forward's X,
+                    its W, both, the dX GEMM, the dW GEMM), every other GEMM float, simulated in
+                    float (experiments.gemm_ablation)
+  only-qk, only-vo, only-up, only-down
+                    the default INT4 on one layer type only (attention's query/key, value/output,
+                    the MLP's up or down projection), every other layer float
+
 Every INT4 variant keeps the task's head (classifier, lm_head) float, as the paper does; the
 embeddings are not linear layers. Which layers a task calls "attn" and "mlp" is its
 `layer_groups` (experiments.tasks).
@@ -49,6 +58,9 @@ class Variant:
   # with config None: run the INT4 variants' layers as these float GEMMs ("bf16" or "fp8",
   # experiments.baselines) instead of float32
   baseline: Optional[str] = None
+  # with config None: the default's quantizers on these GEMMs of the INT4 variants' layers only
+  # (experiments.gemm_ablation.PARTS), simulated in float
+  gemms: Tuple[str, ...] = ()
 
 
 VARIANTS: Dict[str, Variant] = {
@@ -71,9 +83,29 @@ VARIANTS: Dict[str, Variant] = {
                                                                 scale_levels=1)),)),
     "bf16": Variant(None, baseline="bf16"),
     "fp8": Variant(None, baseline="fp8"),
+    "gemm-fwd-x": Variant(None, gemms=("fwd_x",)),
+    "gemm-fwd-w": Variant(None, gemms=("fwd_w",)),
+    "gemm-fwd": Variant(None, gemms=("fwd_x", "fwd_w")),
+    "gemm-dx": Variant(None, gemms=("dx",)),
+    "gemm-dw": Variant(None, gemms=("dw",)),
+    "only-qk": Variant(None, groups=(("qk", Int4Config()),)),
+    "only-vo": Variant(None, groups=(("vo", Int4Config()),)),
+    "only-up": Variant(None, groups=(("up", Int4Config()),)),
+    "only-down": Variant(None, groups=(("down", Int4Config()),)),
 }
-# What an experiment runs unless told otherwise: every variant but the speed baselines.
-DEFAULT_VARIANTS = tuple(name for name, v in VARIANTS.items() if v.baseline is None)
+# Diagnosis variants: one GEMM or one layer type INT4, the rest float.
+DIAGNOSIS = tuple(name for name, v in VARIANTS.items()
+                  if v.gemms or (v.config is None and v.groups))
+# What an experiment runs unless told otherwise: every variant but the speed baselines and the
+# diagnosis.
+DEFAULT_VARIANTS = tuple(name for name, v in VARIANTS.items()
+                         if v.baseline is None and name not in DIAGNOSIS)
+
+
+def is_quantized(variant: str) -> bool:
+  """Whether `variant` runs int4jax's INT4 op on some layers (its params then get calibrated)."""
+  v = VARIANTS[variant]
+  return v.config is not None or any(c is not None for _, c in v.groups)
 
 
 def rules_for(variant: str, float_layers: Tuple[str, ...] = (),
@@ -83,7 +115,7 @@ def rules_for(variant: str, float_layers: Tuple[str, ...] = (),
   if variant not in VARIANTS:
     raise ValueError(f"unknown variant {variant!r}; choose from {list(VARIANTS)}")
   v = VARIANTS[variant]
-  if v.config is None:
+  if not is_quantized(variant):
     return None
   layer_groups = layer_groups or {}
   missing = [g for g, _ in v.groups if g not in layer_groups]

@@ -358,9 +358,33 @@ def test_lower_is_better_metrics_report_the_relative_gap(workspace, tmp_path):
   fp, q = result["variants"]["fp32"], result["variants"]["int4"]
   assert q["vs_fp32_rel"] == pytest.approx(100 * (q["mean"] - fp["mean"]) / fp["mean"], abs=1e-2)
   assert {"perplexity_mean", "perplexity_std"} <= set(q)
-  assert f"({q['vs_fp32_rel']:+.2f}%)" in (tmp_path / "out" / f"{config.task}.md").read_text()
+  md = (tmp_path / "out" / f"{config.task}.md").read_text()
+  assert f"({q['vs_fp32_rel']:+.2f}%)" in md
+  evals = [json.loads(x) for x in open(tmp_path / "wd" / "int4" / "seed_0" / "metrics.jsonl")]
+  assert result["curves"]["int4"]["0"] == [[r["step"], round(r["eval_val_loss"], 4)]
+                                           for r in evals if "eval_val_loss" in r]
   summary = report.overview([result])
   assert f"| {config.title} (`{config.task}`) | val_loss, lower is better |" in summary
+
+
+def test_a_loss_is_reported_at_every_evaluation_with_its_ratio_to_fp32_on_shared_seeds():
+  """The gap over training, not only at the end: each evaluation's mean over the seeds a variant
+  shares with fp32, and its ratio to fp32's mean over those seeds at that step."""
+  result = {"metric": "val_loss", "higher_is_better": False, "curves": {
+      "fp32": {"0": [[10, 2.0], [20, 1.5]], "1": [[10, 2.2], [20, 1.7]]},
+      "int4": {"0": [[10, 2.1], [20, 1.8]], "1": [[10, 2.3], [20, 1.9]]},
+      "int4-qk8": {"1": [[10, 2.2], [20, 1.7]], "5": [[10, 9.0], [20, 9.0]]}}}
+  table = report.by_step(result)
+  assert table["int4"] == {10: pytest.approx((2.2, 2.1)), 20: pytest.approx((1.85, 1.6))}
+  assert table["int4-qk8"] == {10: pytest.approx((2.2, 2.2)), 20: pytest.approx((1.7, 1.7))}
+  md = report.by_step_markdown(result)
+  assert "| variant | 10 | 20 |" in md
+  assert "| fp32 | 2.1000 | 1.6000 |" in md
+  assert f"| int4 | 2.2000 ({2.2 / 2.1:.3f}) | 1.8500 ({1.85 / 1.6:.3f}) |" in md
+  assert "| int4-qk8 | 2.2000 (1.000) | 1.7000 (1.000) |" in md
+  one_eval = {"metric": "val_loss", "higher_is_better": False,
+              "curves": {"fp32": {"0": [[10, 2.0]]}}}
+  assert report.by_step_markdown(one_eval) == ""  # a single evaluation: the main table says it
 
 
 def test_summary_table_has_one_row_per_variant_and_a_cell_per_task():
@@ -418,6 +442,22 @@ def test_main_runs_what_is_missing_then_reports(workspace, tmp_path, capsys):
   with pytest.raises(Exception, match="int4jax_no_such_dataset"):
     main.main(args[:-2] + ["--dataset", "int4jax_no_such_dataset", "--workdir",
                            str(tmp_path / "wd2")])
+
+
+@pytest.mark.slow  # trains: left out of the default run, run by .ci/run
+def test_the_lr_sweep_runs_fp32_at_each_rate_and_picks_the_best_final_loss(workspace, tmp_path):
+  from experiments.analysis import lr_sweep
+  config = _tiny(get_config("shakespeare", "cpu-char"), workspace, steps=2, eval_every=1)
+  result = lr_sweep.sweep(config, [1e-4, 3e-3], str(tmp_path / "wd"))
+  assert set(result["runs"]) == {"0.0001", "0.003"}
+  finals = {r: v["final"] for r, v in result["runs"].items()}
+  assert result["best"] == min(finals, key=finals.get)
+  for rate, run in result["runs"].items():
+    assert [s for s, _ in run["curve"]] == [1, 2] and run["curve"][-1][1] == run["final"]
+    assert os.path.exists(tmp_path / "wd" / f"lr_{rate}" / "fp32" / "seed_0" / "summary.json")
+  assert "| 0.0001 | " in lr_sweep.markdown(result)
+  assert lr_sweep.sweep(config, [3e-3], str(tmp_path / "wd"))["runs"]["0.003"] == (
+      result["runs"]["0.003"])  # a finished rate is read back, not rerun
 
 
 @pytest.mark.slow  # over 15 s on 2 busy cores: the slow run (.ci/run)

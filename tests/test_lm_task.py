@@ -157,3 +157,17 @@ def test_a_tfds_text_dataset_trains_through_the_same_path(tmp_path):
   data = task.load(config)
   batch = task.train_batch(config, data, 0, 0)
   assert batch["inputs"].shape == (4, 16) and int(batch["inputs"].max()) < 300
+
+
+def test_ngram_baselines_count_the_train_split_and_score_held_out_tokens():
+  """A stream that cycles 0 1 2 3: unigram about log 4 nats, bigram nearly 0 (each token
+  determines the next); a reversed cycle in the held-out split is what a bigram cannot know."""
+  from experiments.analysis import ngram_baselines as ng
+  train = np.tile(np.arange(4), 500)
+  uni = ng.nats_per_token(train, train[:400], 1, 257)
+  assert uni["nats"] == pytest.approx(np.log(4), abs=0.05)
+  assert ng.nats_per_token(train, train[:400], 2, 257)["nats"] < 0.05
+  assert ng.nats_per_token(train, train[:400][::-1].copy(), 2, 257)["nats"] > np.log(4)
+  # the weights come from the train split's tail, so the held-out stream cannot pick them
+  assert ng.nats_per_token(train, train[:400][::-1].copy(), 2, 257)["weights"] == (
+      ng.nats_per_token(train, train[:400], 2, 257)["weights"])

@@ -60,7 +60,9 @@ class LanguageModelling(Task):
   extra_metrics = ("perplexity",)
   float_layers = (r"lm_head",)
   layer_groups = {"attn": r"block_\d+/attn/(query|key|value|output|out)",
-                  "mlp": r"block_\d+/(fc|proj)", "qk": r"block_\d+/attn/(query|key)"}
+                  "mlp": r"block_\d+/(fc|proj)", "qk": r"block_\d+/attn/(query|key)",
+                  "vo": r"block_\d+/attn/(value|output|out)", "up": r"block_\d+/fc",
+                  "down": r"block_\d+/proj"}
   tensor_parallel = {
       r"block_\d+/attn/(query|key|value)": "column",
       r"block_\d+/fc": "column",
