@@ -171,3 +171,25 @@ def test_ngram_baselines_count_the_train_split_and_score_held_out_tokens():
   # the weights come from the train split's tail, so the held-out stream cannot pick them
   assert ng.nats_per_token(train, train[:400][::-1].copy(), 2, 257)["weights"] == (
       ng.nats_per_token(train, train[:400], 2, 257)["weights"])
+
+
+def test_lm_errors_report_each_layer_and_each_blocks_attention(lm):
+  """Every block linear layer (not the float head) and every block's attention get a row; the
+  8-bit forward perturbs less than INT4; with float q and k (an identity config would be float)
+  the attention error is zero."""
+  from experiments.analysis import lm_errors
+  config, task, data = lm
+  params = task.init_params(config, task.model(config, data), data, 0)
+  tokens = jnp.asarray(next(iter(task.eval_batches(config, data)))["inputs"])
+  result = lm_errors.errors(config, params, tokens)
+  assert set(result["layers"]) == {"block_0/attn/query", "block_0/attn/key", "block_0/attn/value",
+                                   "block_0/attn/output", "block_0/fc", "block_0/proj"}
+  for row in result["layers"].values():
+    assert 0 < row["int8 forward"] < row["int4 (default)"] < 0.5
+  (logit_err, tv), = [result["attention"]["block_0"]["int4 (default)"]]
+  assert logit_err > 0 and 0 < tv < 1
+  x = jax.random.normal(jax.random.key(0), (2, 16, 32))
+  assert lm_errors.attention_errors(x, params["block_0"]["attn"], 2, None) == (0.0, 0.0)
+  assert "## trained" in lm_errors.markdown({"source": "s", "tokens": 1, "date": "d",
+                                            "jax_version": "j", "init": result,
+                                            "trained": result})
