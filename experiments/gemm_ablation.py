@@ -48,10 +48,11 @@ def _check(parts, config: Int4Config):
   unknown = set(parts) - set(PARTS)
   if unknown or not parts:
     raise ValueError(f"parts must be a non-empty subset of {PARTS}, got {sorted(parts)}")
-  if config.scale_mode == "lsq" or config.lss != "off" or not isinstance(config.hadamard_block,
-                                                                         int):
-    raise ValueError("the GEMM ablation simulates dynamic scales without sampling: use "
-                     "scale_mode 'row' or 'tensor', lss='off' and an integer hadamard_block")
+  if (config.scale_mode == "lsq" or config.lss != "off" or config.forward_rounding != "nearest"
+      or not isinstance(config.hadamard_block, int)):
+    raise ValueError("the GEMM ablation simulates dynamic scales, round-to-nearest forward "
+                     "operands and no sampling: use scale_mode 'row' or 'tensor', "
+                     "forward_rounding='nearest', lss='off' and an integer hadamard_block")
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
@@ -72,6 +73,9 @@ def _forward(x, w, key, parts, config):
 
 def _backward(parts, config, residuals, dy):
   x, w, key = residuals
+  if key is None and config.stochastic_rounding and {"dx", "dw"} & set(parts):
+    raise ValueError("the GEMM ablation's INT4 backward rounds dY stochastically and needs a key: "
+                     "pass rngs={'quant': key} to apply (or stochastic_rounding=False)")
   xh, wh = _transformed(x, w, config)
   x_int, sx, w_int, sw = reference.fake_quant_forward(xh, wh, config, None)
   dy = dy.astype(jnp.float32)

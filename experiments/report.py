@@ -184,11 +184,17 @@ def overview(results: List[Dict]) -> str:
   return "\n".join(lines) + "\n"
 
 
+def _order(variant: str):
+  """experiments.variants order, then any other name alphabetically."""
+  names = list(VARIANTS)
+  return (names.index(variant), "") if variant in names else (len(names), variant)
+
+
 def eval_curves(workdir: str, runs: Dict[str, Dict[int, Dict]], metric: str,
                 scale: float = 1.0) -> Dict[str, Dict[str, List]]:
   """{variant: {seed: [[step, metric * scale], ...]}}: every evaluation of each finished run."""
   curves = {}
-  for variant, seeds in runs.items():
+  for variant, seeds in sorted(runs.items(), key=lambda kv: _order(kv[0])):
     for seed in seeds:
       path = os.path.join(workdir, variant, f"seed_{seed}", "metrics.jsonl")
       points = [json.loads(line) for line in open(path)] if os.path.exists(path) else []

@@ -71,6 +71,10 @@ def test_bad_parts_and_unsupported_configs_raise():
     ablated_matmul(X, W, KEY, ("fwd",), CONFIG)
   with pytest.raises(ValueError, match="lss='off'"):
     ablated_matmul(X, W, KEY, ("dw",), Int4Config.paper())
+  with pytest.raises(ValueError, match="forward_rounding='nearest'"):
+    ablated_matmul(X, W, KEY, ("fwd_x",), Int4Config(forward_rounding="stochastic"))
+  with pytest.raises(ValueError, match="needs a key"):
+    jax.grad(lambda w: jnp.sum(ablated_matmul(X, w, None, ("dx",), CONFIG)))(W)
 
 
 def test_the_model_wrapper_ablates_every_dense_but_the_excluded_head():

@@ -53,10 +53,11 @@ def _dense_inputs(model, params, tokens):
 _int4_linear = jax.jit(int4_linear, static_argnames="config")
 
 
-def _project(x, layer, config):
+def _project(x, layer, config, bias=True):
   x2 = x.reshape(-1, x.shape[-1])
   y = x2 @ layer["kernel"] if config is None else _int4_linear(x2, layer["kernel"], config=config)
-  return (y + layer["bias"][None]).reshape(x.shape[:-1] + (-1,))
+  y = y + layer["bias"][None] if bias else y
+  return y.reshape(x.shape[:-1] + (-1,))
 
 
 def attention_errors(x, attn, heads: int, config):
@@ -87,8 +88,8 @@ def errors(config, params, tokens):
     if path == "lm_head":
       continue
     layer = _node(params, path)
-    exact = _project(x, layer, None)
-    out["layers"][path] = {name: round(float(jnp.linalg.norm(_project(x, layer, c) - exact)
+    exact = _project(x, layer, None, bias=False)  # the GEMM's error: x W, no bias
+    out["layers"][path] = {name: round(float(jnp.linalg.norm(_project(x, layer, c, False) - exact)
                                              / jnp.linalg.norm(exact)), 4)
                            for name, c in CONFIGS.items()}
   for block in sorted({p.split("/")[0] for p in inputs if p.startswith("block_")}):

@@ -7,6 +7,8 @@ everything else as the config says, and the held-out metric at each evaluation.
 Writes experiments/results/<task>_lr_sweep.{json,md} (runs under
 experiments/workdir/<task>_lr_sweep/lr_<rate>/; finished runs are not repeated). The INT4
 variants then train at the rate the sweep picked for fp32, never at one picked to shrink the gap.
+The rate is picked on the held-out loss that later measures the gap: a choice that can only
+favour fp32.
 """
 
 import argparse

@@ -5,7 +5,7 @@ split, evaluated on the held-out works in nats per token.
   python -m experiments.analysis.ngram_baselines [--out experiments/results]
 
 Each order interpolates its maximum-likelihood estimate with the lower orders' (Jelinek-Mercer),
-the lower orders with add-one smoothing at the bottom; the interpolation weights are chosen on
+down to a uniform distribution over the vocabulary; the interpolation weights are chosen on
 the last 10% of the train stream (never on the held-out works). A transformer whose validation
 loss sits near the bigram line has learned little beyond bigrams; INT4's gap is measured below
 that (experiments/configs/shakespeare.py). Writes shakespeare_char_ngrams.{json,md}.
@@ -57,7 +57,7 @@ def _probabilities(train: np.ndarray, test: np.ndarray, order: int, vocab: int) 
 
 
 def _mixture(ml: Sequence[np.ndarray], weights: Sequence[float], vocab: int) -> np.ndarray:
-  """P = w_n ML_n + (1 - w_n)(w_{n-1} ML_{n-1} + ...), add-one uniform at the bottom; the arrays
+  """P = w_n ML_n + (1 - w_n)(w_{n-1} ML_{n-1} + ...), uniform at the bottom; the arrays
   are aligned on their last positions."""
   n = len(ml[-1])
   p = np.full(n, 1.0 / vocab)
