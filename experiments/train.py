@@ -13,7 +13,9 @@ host does not wait on every step. A run aborts with FloatingPointError naming th
 whose loss is not finite (found when its window is fetched). Evaluation compiles once per run.
 
 Every variant sees the same params init, data order, dropout masks and quantizer keys for a
-given seed: only the linear layers differ, made INT4 by `int4jax.quantize_model` rules.
+given seed: only the linear layers differ, made INT4 by `int4jax.quantize_model` rules. A variant
+with precision annealing (experiments.variants, `anneal_to`) switches to another variant's model
+for its last steps, on the same state; its evaluations after the switch use that model.
 
 config.mesh runs the same step on a device mesh (experiments.sharding): data, tensor and FSDP
 parallelism under one jit, equal to the one-device run up to float reduction order.
@@ -211,8 +213,15 @@ def train_one(config, workdir: str, variant: str, seed: int, data, *,
   with on_mesh():
     train_step = make_train_step(task, config, model, tx, others, seed, state_sharding)
     tune_step(variant, train_step, state, batch_at(0))
-
     evaluate = make_evaluate(task, model)
+    # precision annealing: from step `switch` on, the variant's anneal_to model (same state)
+    spec = variants.VARIANTS[variant]
+    switch = steps
+    if spec.anneal_to is not None:
+      switch = int(round(steps * (1 - spec.anneal_fraction)))
+      late = build_model(task, config, data, spec.anneal_to)
+      late_step = make_train_step(task, config, late, tx, others, seed, state_sharding)
+      late_evaluate = make_evaluate(task, late)
     manager = _checkpointer(os.path.join(run_dir, "ckpt")) if config.checkpoint_every else None
     start = 0
     if manager is not None and manager.latest_step() is not None:
@@ -233,7 +242,7 @@ def train_one(config, workdir: str, variant: str, seed: int, data, *,
     with open(metrics_path, "a") as log:
       write = lambda record: (log.write(json.dumps(record) + "\n"), log.flush())
       for step in range(start, steps):
-        state, loss = train_step(state, batch_at(step))
+        state, loss = (train_step if step < switch else late_step)(state, batch_at(step))
         window.append(loss)
         ran += 1
         done = step + 1
@@ -252,7 +261,8 @@ def train_one(config, workdir: str, variant: str, seed: int, data, *,
           bar.set_postfix(loss=f"{np.mean(losses):.3f}")
           window, ran = [], 0
         if done % eval_every == 0 or done == steps:
-          last_eval = evaluate({"params": state["params"], **others}, config, data)
+          last_eval = (evaluate if done <= switch else late_evaluate)(
+              {"params": state["params"], **others}, config, data)
           write({"step": done, **{f"eval_{k}": v for k, v in last_eval.items()}})
         if manager is not None and done % config.checkpoint_every == 0:
           import orbax.checkpoint as ocp
@@ -267,11 +277,11 @@ def train_one(config, workdir: str, variant: str, seed: int, data, *,
     bar.close()
     variables = {"params": state["params"], **others}
     if last_eval is None:  # a resumed run that had nothing left to train
-      last_eval = evaluate(variables, config, data)
+      last_eval = (evaluate if steps <= switch else late_evaluate)(variables, config, data)
     timed = window_ms[1:] or window_ms  # the first window includes compilation
     summary = {"variant": variant, "seed": seed, **last_eval, "steps": steps,
                "step_time_ms": round(statistics.median(timed), 2) if timed else None,
-               **task.finish(config, model, variables, data)}
+               **task.finish(config, model if steps <= switch else late, variables, data)}
     with open(os.path.join(run_dir, "summary.json"), "w") as f:
       json.dump(summary, f, indent=1)
     summary["state"] = state

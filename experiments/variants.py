@@ -27,6 +27,11 @@
   bf16, fp8         float baselines for speed (experiments.baselines): the same layers' GEMMs
                     in bfloat16, or FP8 via XLA with per-tensor scales; not in the default runs
 
+Levers for the LM gap (not in the default runs):
+  int8-fwd          every block layer with an 8-bit forward (forward_bits=8; on int8 tensor
+                    cores the same GEMM as INT4), the backward as int4's
+  int4-anneal8      int4, then the last 10% of the steps as int8-fwd (precision annealing)
+
 Diagnosis of the gap (not in the default runs):
   gemm-fwd-x, gemm-fwd-w, gemm-fwd, gemm-dx, gemm-dw
                     the default's INT4 quantizers on one GEMM's operands only (the forward's X,
@@ -61,6 +66,10 @@ class Variant:
   # with config None: the default's quantizers on these GEMMs of the INT4 variants' layers only
   # (experiments.gemm_ablation.PARTS), simulated in float
   gemms: Tuple[str, ...] = ()
+  # precision annealing: the last `anneal_fraction` of the steps train (and evaluate) as the
+  # variant named here, e.g. an 8-bit forward: still integer GEMMs, on the same state
+  anneal_to: Optional[str] = None
+  anneal_fraction: float = 0.0
 
 
 VARIANTS: Dict[str, Variant] = {
@@ -83,6 +92,8 @@ VARIANTS: Dict[str, Variant] = {
                                                                 scale_levels=1)),)),
     "bf16": Variant(None, baseline="bf16"),
     "fp8": Variant(None, baseline="fp8"),
+    "int8-fwd": Variant(Int4Config(forward_bits=8, scale_levels=1)),
+    "int4-anneal8": Variant(Int4Config(), anneal_to="int8-fwd", anneal_fraction=0.1),
     "gemm-fwd-x": Variant(None, gemms=("fwd_x",)),
     "gemm-fwd-w": Variant(None, gemms=("fwd_w",)),
     "gemm-fwd": Variant(None, gemms=("fwd_x", "fwd_w")),
@@ -98,8 +109,9 @@ DIAGNOSIS = tuple(name for name, v in VARIANTS.items()
                   if v.gemms or (v.config is None and v.groups))
 # What an experiment runs unless told otherwise: every variant but the speed baselines and the
 # diagnosis.
+LEVERS = ("int8-fwd", "int4-anneal8")
 DEFAULT_VARIANTS = tuple(name for name, v in VARIANTS.items()
-                         if v.baseline is None and name not in DIAGNOSIS)
+                         if v.baseline is None and name not in DIAGNOSIS + LEVERS)
 
 
 def is_quantized(variant: str) -> bool:

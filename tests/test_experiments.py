@@ -474,3 +474,21 @@ def test_packed_device_data_loads_like_the_cache(workspace, tmp_path):
     for key in here[split]:
       if isinstance(here[split][key], np.ndarray):
         np.testing.assert_array_equal(here[split][key], there[split][key])
+
+
+@pytest.mark.slow  # trains: left out of the default run, run by .ci/run
+def test_precision_annealing_switches_to_the_late_variant_for_the_last_steps(workspace, tmp_path):
+  """int4-anneal8 trains as int4, then its last steps as int8-fwd on the same state: its losses
+  equal int4's up to the switch, then int8-fwd's from int4's state, and differ from int4's."""
+  config = _tiny(get_config("shakespeare"), workspace, steps=10, seeds=(0,), eval_every=5)
+  data = _data(config)
+  runs = {v: train.train_one(config, str(tmp_path), v, 0, data, progress=False)
+          for v in ("int4", "int4-anneal8")}
+  logs = {v: [json.loads(x) for x in open(tmp_path / v / "seed_0" / "metrics.jsonl")]
+          for v in runs}
+  loss = lambda v: [r["loss"] for r in logs[v] if "loss" in r]
+  assert loss("int4-anneal8")[:9] == loss("int4")[:9]  # steps 1-9 (the switch is at step 9)
+  assert loss("int4-anneal8")[9] != loss("int4")[9]
+  evals = lambda v: [r["eval_val_loss"] for r in logs[v] if "eval_val_loss" in r]
+  assert evals("int4-anneal8")[0] == evals("int4")[0]  # step 5: before the switch
+  assert evals("int4-anneal8")[1] != evals("int4")[1]
