@@ -68,16 +68,17 @@ def _forward(x, w, key, parts, config):
   x_int, sx, w_int, sw = reference.fake_quant_forward(xh, wh, config, None)
   xq, wq = x_int * sx[:, None], (w_int * sw[:, None]).T
   y = jnp.matmul(xq if "fwd_x" in parts else xh, wq if "fwd_w" in parts else wh, precision=_HI)
-  return y, (x, w, key)
+  # the backward's operands, kept rather than recomputed; empty arrays carry x's and w's dtypes
+  # and, in their shape, the unpadded contraction length
+  like_x, like_w = jnp.zeros((0, x.shape[1]), x.dtype), jnp.zeros((0,), w.dtype)
+  return y, (xh, wh, x_int, sx, w_int, sw, key, like_x, like_w)
 
 
 def _backward(parts, config, residuals, dy):
-  x, w, key = residuals
+  xh, wh, x_int, sx, w_int, sw, key, like_x, like_w = residuals
   if key is None and config.stochastic_rounding and {"dx", "dw"} & set(parts):
     raise ValueError("the GEMM ablation's INT4 backward rounds dY stochastically and needs a key: "
                      "pass rngs={'quant': key} to apply (or stochastic_rounding=False)")
-  xh, wh = _transformed(x, w, config)
-  x_int, sx, w_int, sw = reference.fake_quant_forward(xh, wh, config, None)
   dy = dy.astype(jnp.float32)
   # the op's key schedule (dX, dW, sampling)
   key_dx, key_dw = tuple(jax.random.split(key, 3))[:2] if key is not None else (None, None)
@@ -91,10 +92,10 @@ def _backward(parts, config, residuals, dy):
                      precision=_HI)
   else:
     dwh = jnp.matmul(xh.T, dy, precision=_HI)
-  block, k = config.hadamard_block, x.shape[1]
+  block, k = config.hadamard_block, like_x.shape[1]
   dx = hadamard.block_hadamard(dxh, block, 1)[:, :k]  # H is symmetric and orthogonal
   dw = hadamard.block_hadamard(dwh, block, 0)[:k]
-  return dx.astype(x.dtype), dw.astype(w.dtype), None
+  return dx.astype(like_x.dtype), dw.astype(like_w.dtype), None
 
 
 ablated_matmul.defvjp(_forward, _backward)
