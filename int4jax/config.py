@@ -23,7 +23,7 @@ _CHOICES = {
 
 # Fields checked by type before their values (a bool is not an int here, a str not a number).
 _INTS = ("scale_group", "scale_levels", "scale_search", "lss_blocks", "forward_bits")
-_BOOLS = ("stochastic_rounding", "fuse_bitsplit")
+_BOOLS = ("stochastic_rounding", "fuse_bitsplit", "pack_residuals")
 _REALS = ("lss_budget",)
 _OPTIONAL_REALS = ("scale_clip",)
 _STRS = ("scale_mode", "int_range", "forward_rounding", "grad_mode", "lss", "backend")
@@ -153,6 +153,12 @@ class Int4Config:
   # Run the bit-split (hi, lo) pair as ONE int8 GEMM of R*hi + lo (bit-identical to two INT4
   # GEMMs on int8 hardware; False runs the two INT4 GEMMs, as INT4 tensor cores would).
   fuse_bitsplit: bool = True
+  # Keep the forward's INT4 operands for the backward packed: two INT4 values per byte plus the
+  # group multipliers (two per byte), about 4.25 bits per element instead of the int8 operand's
+  # 8, unpacked inside the backward (int4jax/quantizers/packing.py). The gradients are bit-
+  # identical; it trades the unpack for the saved residual memory. Needs forward_bits=4; the
+  # FSDP weight (fsdp_axis) is kept as its packed shards either way.
+  pack_residuals: bool = False
   # Integer GEMM implementation: "xla" (lax.dot_general int8 x int8 -> int32: cuBLAS on GPU,
   # exact on CPU); "reference" (plain int32 jnp matmul); "pallas" (Pallas-Triton kernel with the
   # dequantization fused; interpreted on CPU); "triton" (jax-triton kernel, GPU only);
@@ -185,6 +191,11 @@ class Int4Config:
     if self.forward_bits == 8 and self.scale_levels != 1:
       raise ValueError("Int4Config: forward_bits=8 fills the int8 operand, so the group "
                        f"multipliers have no room; set scale_levels=1 (got {self.scale_levels})")
+    if self.pack_residuals and (self.forward_bits != 4 or self.scale_levels > 16):
+      raise ValueError("Int4Config.pack_residuals keeps INT4 values and multipliers 1..16, a "
+                       "nibble each: it needs forward_bits=4 and scale_levels <= 16 (got "
+                       f"forward_bits={self.forward_bits}, scale_levels={self.scale_levels}); "
+                       "set pack_residuals=False for such layers")
     if not two_level.fits_int8(self.forward_qrange, self.scale_levels):
       raise ValueError(f"Int4Config.scale_levels must be >= 1 with m * q inside int8 for q in "
                        f"{self.qrange} (<= 18 symmetric, <= 16 full), got {self.scale_levels!r}")

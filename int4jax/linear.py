@@ -48,7 +48,7 @@ from int4jax import backend, fsdp, validation
 from int4jax.backends.base import in_layout
 from int4jax.config import Int4Config
 from int4jax.kernels.int_gemm import max_exact_contraction
-from int4jax.quantizers import bitsplit, hadamard, sampling, two_level
+from int4jax.quantizers import bitsplit, hadamard, packing, sampling, two_level
 from int4jax.quantizers import int4_quant as quantize
 
 Scales = Optional[Tuple[jax.Array, jax.Array]]
@@ -181,11 +181,18 @@ def weight_multipliers(wh, config: Int4Config, stochastic: bool = False):
   """The group multipliers (int8, (Kp/g, N)) that `quantize_operand(wh, 0, config, key)` applied
   (stochastic: a key was given, so the ceil rule, with no search), for packing the weight operand
   two INT4 values per byte; None with scale_levels=1."""
-  if config.scale_levels == 1:
+  return operand_multipliers(wh, 0, config, stochastic)
+
+
+def operand_multipliers(t, axis: int, config: Int4Config, stochastic: bool = False):
+  """The group multipliers that `quantize_operand(t, axis, config, key)` applied along `axis`
+  ((M, Kp/g) for X, (Kp/g, N) for W; stochastic: a key was given, so the ceil rule), with which
+  the int8 operand m * q splits back into its INT4 values; None with one level or LSQ scales."""
+  if config.scale_levels == 1 or config.scale_mode == "lsq":
     return None
   qmin, qmax = config.forward_qrange
   return two_level.group_multipliers(
-      wh, 0, qmin, qmax, group=config.scale_group, levels=config.scale_levels,
+      t, axis, qmin, qmax, group=config.scale_group, levels=config.scale_levels,
       per_row=config.scale_mode == "row", clip_ratio=config.scale_clip,
       search=1 if stochastic else config.scale_search)
 
@@ -359,7 +366,30 @@ def _forward(config, xh, wh, scales, key):
     y = backend.scaled_gemm(config.backend)(xq, wq, ((1,), (0,)), sx, sw)
   lsq = (xh, wh, scales) if config.scale_mode == "lsq" else None
   kept = w_kept if shards is None else shards
+  if config.pack_residuals:
+    x_kept, kept = _pack_residuals(config, xh, wh, x_kept, kept, k_major, shards is None, key)
   return y, (x_kept, sx, kept, sw, key, lsq, wh.shape[0])
+
+
+def _pack_residuals(config, xh, wh, x_kept, w_kept, k_major: bool, pack_w: bool, key):
+  """The backward's INT4 operands packed (packing.pack_weight_operand: K-major nibbles and
+  multipliers), X as its (Kp, M) transpose; the FSDP weight stays as its shards."""
+  key_x, key_w = forward_keys(key, config)
+  mx = operand_multipliers(xh, 1, config, stochastic=key_x is not None)
+  x_kmajor = x_kept if k_major else x_kept.T  # (Kp, M)
+  x_packed = packing.pack_weight_operand(x_kmajor, None if mx is None else mx.T)
+  if not pack_w:
+    return x_packed, w_kept
+  return x_packed, packing.pack_weight_operand(
+      w_kept, operand_multipliers(wh, 0, config, stochastic=key_w is not None))
+
+
+def _unpack_residuals(config, xq, wq, padded: int, k_major: bool):
+  x_kmajor = packing.unpack_weight_operand(*xq, padded, config.scale_group)
+  xq = x_kmajor if k_major else x_kmajor.T
+  if config.fsdp_axis is None:
+    wq = packing.unpack_weight_operand(*wq, padded, config.scale_group)
+  return xq, wq
 
 
 @jax.custom_jvp
@@ -386,7 +416,9 @@ def _backward(config, residuals, dy):
   xq, sx, wq, sw, key, lsq, padded = residuals
   dy, sx, sw, lsq = _first_order_only((dy, sx, sw, lsq))
   k_major = backend.k_major(config.backend)
-  if isinstance(wq, tuple):  # FSDP's packed shards
+  if config.pack_residuals:
+    xq, wq = _unpack_residuals(config, xq, wq, padded, k_major)
+  if config.fsdp_axis is not None:  # FSDP's packed shards
     wq = fsdp.regather(wq, config, padded)
   if key is None and config.needs_key:
     raise ValueError(validation.missing_key_message(config))
