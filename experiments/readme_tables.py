@@ -9,6 +9,8 @@ Each block sits between `<!-- NAME:start -->` and `<!-- NAME:end -->` in README.
   results-summary  the table of experiments/results/SUMMARY.md (python -m experiments.report
                  --overview)
   lm-table       the table of experiments/results/gpt_shakespeare.md (every variant)
+  lm-char-table  the tables of experiments/results/gpt_shakespeare_char.md (cpu-char: every
+                 variant, and the loss at each evaluation with its ratio to fp32)
   lm-goal        the default's relative validation-loss gap per LM task, from gpt_shakespeare*.json
   scratch-goal   the default's gap on the ViT (points) and translation (BLEU) tasks
   vit-table      the table of experiments/results/vit_fashion_mnist.md
@@ -93,6 +95,12 @@ def lm_goal(r, v) -> str:
           f"is {verdict}")
 
 
+def lm_results():
+  """The LM tasks' results JSON (not the sweeps' or analyses' files beside them)."""
+  found = [json.loads(p.read_text()) for p in sorted(RESULTS.glob("gpt_shakespeare*.json"))]
+  return [r for r in found if "variants" in r]
+
+
 def task_table(text: str) -> str:
   """The variant table of a task's <task>.md (the report writes it under a title and a line)."""
   return text[text.index("| variant |"):]
@@ -110,8 +118,8 @@ def blocks() -> dict:
                                for t in ("bert_polarity", "bert_uncertainty")], bert_goal),
       "results-summary": summary_table((RESULTS / "SUMMARY.md").read_text()),
       "lm-table": task_table((RESULTS / "gpt_shakespeare.md").read_text()),
-      "lm-goal": goal_lines([json.loads(p.read_text())
-                             for p in sorted(RESULTS.glob("gpt_shakespeare*.json"))], lm_goal),
+      "lm-goal": goal_lines(lm_results(), lm_goal),
+      "lm-char-table": task_table((RESULTS / "gpt_shakespeare_char.md").read_text()),
       "scratch-goal": (goal_lines([json.loads((RESULTS / "vit_fashion_mnist.json").read_text())],
                                   points_goal("accuracy points"))
                        + goal_lines([json.loads((RESULTS / "transformer_de_en.json").read_text())],
