@@ -66,11 +66,12 @@ def test_every_targeted_layer_runs_three_int_gemms_and_the_head_stays_float():
 
 def test_param_tree_is_the_float_models_and_float_params_load():
   model = Model()
-  variables = model.init(jax.random.key(1), TOKENS)
+  variables = jax.jit(model.init)(jax.random.key(1), TOKENS)
   qmodel = int4jax.quantize_model(model)
-  chex.assert_trees_all_equal(qmodel.init(jax.random.key(1), TOKENS), variables)
+  chex.assert_trees_all_equal(jax.jit(qmodel.init)(jax.random.key(1), TOKENS), variables)
   # 12 INT4 layers in a row at random init, D=32: each adds ~0.15-0.2 relative error
-  assert rel_err(qmodel.apply(variables, TOKENS), model.apply(variables, TOKENS)) < 0.5
+  assert rel_err(jax.jit(qmodel.apply)(variables, TOKENS),
+                 jax.jit(model.apply)(variables, TOKENS)) < 0.5
 
 
 def test_first_matching_rule_wins_and_unmatched_layers_stay_float():
@@ -87,8 +88,8 @@ def test_first_matching_rule_wins_and_unmatched_layers_stay_float():
 def test_lsq_rules_add_only_the_documented_quant_subtree():
   model = Model()
   qmodel = int4jax.quantize_model(model, config=Int4Config.paper(), exclude=[r"head"])
-  params = qmodel.init(jax.random.key(1), TOKENS)["params"]
-  ref = model.init(jax.random.key(1), TOKENS)["params"]
+  params = jax.jit(qmodel.init)(jax.random.key(1), TOKENS)["params"]
+  ref = jax.jit(model.init)(jax.random.key(1), TOKENS)["params"]
   assert set(params["block_0"]["mlp_in"]) == {"kernel", "bias", inn.QUANT_PARAMS}
   stripped = jax.tree_util.tree_map_with_path(lambda p, a: a, params)
   for b in ("block_0", "block_1"):

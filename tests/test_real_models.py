@@ -145,6 +145,7 @@ def test_each_packed_raw_contraction_serves_bit_for_bit(module, eqn, x_shape):
   np.testing.assert_array_equal(forward({"params": packed}, eqn, x), forward(params, eqn, x))
 
 
+@pytest.mark.slow  # over 15 s on 2 busy cores: the slow run (.ci/run)
 def test_the_fused_mlp_serves_both_of_its_params_packed_bit_for_bit():
   from tests.gemma_style import FeedForward
   model = int4jax.quantize_model(FeedForward(Config()))
@@ -177,6 +178,7 @@ def test_the_quantized_model_serves_from_packed_weights_and_samples():
                                 _greedy(model, params, TOKENS[:, :4], 4))
 
 
+@pytest.mark.slow  # over 15 s on 2 busy cores: the slow run (.ci/run)
 def test_config_a_then_config_b_in_one_process_gives_b():
   params = _params()
   float_logits = Transformer().apply(params, TOKENS)[0]
