@@ -32,6 +32,10 @@ Levers for the LM gap (not in the default runs):
                     cores the same GEMM as INT4), the backward as int4's
   int4-anneal8      int4, then the last 10% of the steps as int8-fwd (precision annealing)
 
+For speed and memory (experiments.benchmarks.train_step; not in the default runs):
+  int4-packed       int4 with the backward's INT4 operands kept packed (pack_residuals=True):
+                    bit-identical gradients, fewer residual bytes
+
 Diagnosis of the gap (not in the default runs):
   gemm-fwd-x, gemm-fwd-w, gemm-fwd, gemm-dx, gemm-dw
                     the default's INT4 quantizers on one GEMM's operands only (the forward's X,
@@ -92,6 +96,7 @@ VARIANTS: Dict[str, Variant] = {
                                                                 scale_levels=1)),)),
     "bf16": Variant(None, baseline="bf16"),
     "fp8": Variant(None, baseline="fp8"),
+    "int4-packed": Variant(Int4Config(pack_residuals=True)),
     "int8-fwd": Variant(Int4Config(forward_bits=8, scale_levels=1)),
     "int4-anneal8": Variant(Int4Config(), anneal_to="int8-fwd", anneal_fraction=0.1),
     "gemm-fwd-x": Variant(None, gemms=("fwd_x",)),
@@ -110,8 +115,11 @@ DIAGNOSIS = tuple(name for name, v in VARIANTS.items()
 # What an experiment runs unless told otherwise: every variant but the speed baselines and the
 # diagnosis.
 LEVERS = ("int8-fwd", "int4-anneal8")
+# The same numbers as a default-run variant, for speed and memory only (bit-identical to int4).
+SAME_AS = {"int4-packed": "int4"}
 DEFAULT_VARIANTS = tuple(name for name, v in VARIANTS.items()
-                         if v.baseline is None and name not in DIAGNOSIS + LEVERS)
+                         if v.baseline is None and name not in DIAGNOSIS + LEVERS
+                         and name not in SAME_AS)
 
 
 def is_quantized(variant: str) -> bool:

@@ -76,9 +76,12 @@ def test_bench_train_step_times_each_variant_like_the_loop(tmp_path):
   config = get_config("shakespeare").replace(
       data_dir=fx.build_shakespeare(str(tmp_path)), vocab_size=300, seq_len=16, num_layers=1,
       hidden_size=32, num_heads=2, batch_size=4)
-  rows = train_step.run(config, ["fp32", "int4", "mlp-float"], repeats=2)
-  assert [r["variant"] for r in rows] == ["fp32", "int4", "mlp-float"]
+  rows = train_step.run(config, ["fp32", "int4", "mlp-float", "int4-packed"], repeats=2)
+  assert [r["variant"] for r in rows] == ["fp32", "int4", "mlp-float", "int4-packed"]
   assert rows[0]["ratio_vs_fp32"] == 1.0 and all(r["median_ms"] > 0 for r in rows)
+  assert all(r["compile_s"] > 0 and r["argument_mib"] > 0 and r["temp_mib"] > 0 for r in rows)
+  by = {r["variant"]: r for r in rows}
+  assert by["int4-packed"]["argument_mib"] == by["int4"]["argument_mib"]  # the same state
   timer.write_results(rows, "ts", str(tmp_path), {"task": config.task, "batch_size": 4,
                                                   "repeats": 2}, train_step.markdown)
   assert (tmp_path / "ts.md").read_text().count("\n| ") == len(rows) + 1

@@ -5,7 +5,8 @@
       [--data_dir DIR] [--tiny]
 
 Builds each variant's model and jitted step exactly as experiments.train does (one real batch,
-the task's optimizer), then times the steps round-robin (benchmarks.timer.time_interleaved), so
+the task's optimizer), records each step's compile time and XLA's memory analysis of the
+compiled program (temporaries, arguments, outputs), then times the steps round-robin (benchmarks.timer.time_interleaved), so
 a slow spell of a shared machine hits every variant alike. Prints and writes
 experiments/results/train_step_<task>.{json,md}: median ms per step and the ratios to fp32 and
 to bf16 (the GPU goals' baseline; experiments.baselines).
@@ -34,24 +35,47 @@ def run(config, variants, repeats: int):
   task = tasks.task_for(config)
   data = task.load(config)
   batch = task.train_batch(config, data, 0, 0)
-  fns = {}
+  fns, compiled = {}, {}
   for v in variants:
     fn, state = step_fn(task, config, data, v)
     train.tune_step(v, fn, state, batch)  # as the loop does, before the first (timed) call
+    compiled[v] = compile_stats(fn, state, batch)
     fns[v] = (lambda f, s: (lambda b: f(s, b)))(fn, state)  # same state every call
   ms = timer.time_interleaved(fns, [(batch,)], repeats)
   ratio = lambda t, base: round(t / ms[base], 3) if base in ms else None
   return [{"variant": v, "median_ms": round(t, 2), "ratio_vs_fp32": ratio(t, "fp32"),
-           "ratio_vs_bf16": ratio(t, "bf16")} for v, t in ms.items()]
+           "ratio_vs_bf16": ratio(t, "bf16"), **compiled[v]} for v, t in ms.items()]
+
+
+def compile_stats(fn, state, batch) -> dict:
+  """The step's compile time (lower + compile, s) and XLA's memory analysis of the compiled
+  program (MiB): temporaries (activations and residuals live in the step), arguments, outputs.
+  The memory figures come from the compiler, so a CPU compile gives them for any shape."""
+  import time
+  start = time.perf_counter()
+  compiled = fn.lower(state, batch).compile()
+  seconds = time.perf_counter() - start
+  stats = {"compile_s": round(seconds, 2)}
+  memory = compiled.memory_analysis()
+  if memory is not None:
+    mib = lambda n: round(n / 2 ** 20, 2)
+    stats.update(temp_mib=mib(memory.temp_size_in_bytes),
+                 argument_mib=mib(memory.argument_size_in_bytes),
+                 output_mib=mib(memory.output_size_in_bytes))
+  return stats
 
 
 def markdown(result) -> str:
   lines = [f"{result['device']}, jax {result['jax_version']}, {result['date']}; "
            f"`{result['task']}`, batch {result['batch_size']}, median of {result['repeats']} "
            "steps per variant, variants interleaved", "",
-           "| variant | ms/step | × fp32 | × bf16 |", "|---|---:|---:|---:|"]
+           "| variant | ms/step | × fp32 | × bf16 | compile s | temp MiB | argument MiB | "
+           "output MiB |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
   lines += [f"| {r['variant']} | {r['median_ms']:.1f} | {r['ratio_vs_fp32']} | "
-            f"{r.get('ratio_vs_bf16')} |" for r in result["rows"]]
+            f"{r.get('ratio_vs_bf16')} | {r.get('compile_s')} | {r.get('temp_mib')} | "
+            f"{r.get('argument_mib')} | {r.get('output_mib')} |" for r in result["rows"]]
+  lines += ["", "compile s: lowering and compiling the step once; MiB: XLA's memory analysis of "
+            "the compiled step (temp: what lives during the step, the saved residuals among it)"]
   return "\n".join(lines) + "\n"
 
 
