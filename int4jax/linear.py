@@ -39,7 +39,7 @@ function). A longer contraction raises a ValueError naming what to shorten.
 """
 
 import functools
-from typing import Optional, Tuple
+from typing import NamedTuple, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -371,23 +371,29 @@ def _forward(config, xh, wh, scales, key):
   return y, (x_kept, sx, kept, sw, key, lsq, wh.shape[0])
 
 
+class _Packed(NamedTuple):
+  """A residual INT4 operand, packed K-major (packing.pack_weight_operand)."""
+  values: jax.Array
+  multipliers: Optional[jax.Array]
+
+
 def _pack_residuals(config, xh, wh, x_kept, w_kept, k_major: bool, pack_w: bool, key):
   """The backward's INT4 operands packed (packing.pack_weight_operand: K-major nibbles and
   multipliers), X as its (Kp, M) transpose; the FSDP weight stays as its shards."""
   key_x, key_w = forward_keys(key, config)
   mx = operand_multipliers(xh, 1, config, stochastic=key_x is not None)
   x_kmajor = x_kept if k_major else x_kept.T  # (Kp, M)
-  x_packed = packing.pack_weight_operand(x_kmajor, None if mx is None else mx.T)
+  x_packed = _Packed(*packing.pack_weight_operand(x_kmajor, None if mx is None else mx.T))
   if not pack_w:
     return x_packed, w_kept
-  return x_packed, packing.pack_weight_operand(
-      w_kept, operand_multipliers(wh, 0, config, stochastic=key_w is not None))
+  return x_packed, _Packed(*packing.pack_weight_operand(
+      w_kept, operand_multipliers(wh, 0, config, stochastic=key_w is not None)))
 
 
 def _unpack_residuals(config, xq, wq, padded: int, k_major: bool):
   x_kmajor = packing.unpack_weight_operand(*xq, padded, config.scale_group)
   xq = x_kmajor if k_major else x_kmajor.T
-  if config.fsdp_axis is None:
+  if isinstance(wq, _Packed):  # else FSDP's shards, regathered below
     wq = packing.unpack_weight_operand(*wq, padded, config.scale_group)
   return xq, wq
 
@@ -418,7 +424,7 @@ def _backward(config, residuals, dy):
   k_major = backend.k_major(config.backend)
   if config.pack_residuals:
     xq, wq = _unpack_residuals(config, xq, wq, padded, k_major)
-  if config.fsdp_axis is not None:  # FSDP's packed shards
+  if isinstance(wq, tuple):  # FSDP's packed shards
     wq = fsdp.regather(wq, config, padded)
   if key is None and config.needs_key:
     raise ValueError(validation.missing_key_message(config))
