@@ -100,12 +100,16 @@ class LowPrecisionModel(nn.Module):
     nn.share_scope(self, self.model)
 
   def __call__(self, *args, **kwargs):
-    with nn.intercept_methods(_interceptor(self.kind, tuple(self.exclude), self)):
+    with nn.intercept_methods(dense_interceptor(
+        lambda layer, x, kernel: _MATMULS[self.kind](x, kernel), tuple(self.exclude), self,
+        f"the {self.kind} baseline", "exclude it or use an INT4 variant")):
       return self.model(*args, **kwargs)
 
 
-def _interceptor(kind: str, exclude: Tuple[str, ...], wrapper: nn.Module):
-  """Runs every nn.Dense __call__ outside `exclude` as a `kind` GEMM (params as they are)."""
+def dense_interceptor(matmul, exclude: Tuple[str, ...], wrapper: nn.Module, what: str, fix: str):
+  """Runs every nn.Dense __call__ outside `exclude` as matmul(layer, x (M, K), kernel) -> (M, N)
+  plus the layer's bias (params as they are); a matched DenseGeneral or Einsum raises, naming
+  `what` and `fix`. Shared by the float baselines and the GEMM ablation."""
   def intercept(next_fun, args, kwargs, context):
     layer = context.module
     if (context.method_name != "__call__" or layer is wrapper
@@ -113,14 +117,14 @@ def _interceptor(kind: str, exclude: Tuple[str, ...], wrapper: nn.Module):
         or any(re.fullmatch(p, _path(layer)) for p in exclude)):
       return next_fun(*args, **kwargs)
     if type(layer) is not nn.Dense:
-      raise ValueError(f"the {kind} baseline covers nn.Dense layers; {_path(layer)} is a "
-                       f"{type(layer).__name__}: exclude it or use an INT4 variant")
+      raise ValueError(f"{what} covers nn.Dense layers; {_path(layer)} is a "
+                       f"{type(layer).__name__}: {fix}")
     if layer.is_initializing():
       return next_fun(*args, **kwargs)
     x = args[0] if args else kwargs["inputs"]
     params = layer.variables["params"]
     kernel = params["kernel"]
-    y = _MATMULS[kind](x.reshape(-1, x.shape[-1]), kernel)
+    y = matmul(layer, x.reshape(-1, x.shape[-1]), kernel)
     y = y.reshape(x.shape[:-1] + (kernel.shape[1],))
     return y + params["bias"].reshape((1,) * (y.ndim - 1) + (-1,)) if layer.use_bias else y
   return intercept

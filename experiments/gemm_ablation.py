@@ -20,13 +20,13 @@ is orthogonal, so a float GEMM in the transformed domain is the float GEMM.
 """
 
 import functools
-import re
 from typing import FrozenSet, Tuple
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from experiments import baselines
 from int4jax import Int4Config, reference
 from int4jax.quantizers import hadamard
 
@@ -101,10 +101,6 @@ def _backward(parts, config, residuals, dy):
 ablated_matmul.defvjp(_forward, _backward)
 
 
-def _path(module: nn.Module) -> str:
-  return "/".join(str(p) for p in module.path)
-
-
 class AblatedModel(nn.Module):
   """`model` with its nn.Dense layers (except paths matching `exclude`) run by ablated_matmul.
   Same param tree as `model` (the wrapper shares its scope); training needs a 'quant' rng when
@@ -120,31 +116,13 @@ class AblatedModel(nn.Module):
     nn.share_scope(self, self.model)
 
   def __call__(self, *args, **kwargs):
-    with nn.intercept_methods(_interceptor(tuple(self.parts), self.config,
-                                           tuple(self.exclude), self)):
+    parts, config = tuple(sorted(self.parts)), self.config
+    backward = bool({"dx", "dw"} & set(parts))
+
+    def matmul(layer, x, kernel):
+      key = layer.make_rng("quant") if backward and layer.has_rng("quant") else None
+      return ablated_matmul(x, kernel, key, parts, config).astype(x.dtype)
+
+    with nn.intercept_methods(baselines.dense_interceptor(
+        matmul, tuple(self.exclude), self, "the GEMM ablation", "exclude it")):
       return self.model(*args, **kwargs)
-
-
-def _interceptor(parts, config, exclude, wrapper):
-  """Runs every nn.Dense __call__ outside `exclude` through ablated_matmul (params as they
-  are)."""
-  def intercept(next_fun, args, kwargs, context):
-    layer = context.module
-    if (context.method_name != "__call__" or layer is wrapper
-        or not isinstance(layer, (nn.Dense, nn.DenseGeneral, nn.Einsum))
-        or any(re.fullmatch(p, _path(layer)) for p in exclude)):
-      return next_fun(*args, **kwargs)
-    if type(layer) is not nn.Dense:
-      raise ValueError(f"the GEMM ablation covers nn.Dense layers; {_path(layer)} is a "
-                       f"{type(layer).__name__}: exclude it")
-    if layer.is_initializing():
-      return next_fun(*args, **kwargs)
-    x = args[0] if args else kwargs["inputs"]
-    params = layer.variables["params"]
-    backward = {"dx", "dw"} & set(parts)
-    key = layer.make_rng("quant") if backward and layer.has_rng("quant") else None
-    kernel = params["kernel"]
-    y = ablated_matmul(x.reshape(-1, x.shape[-1]), kernel, key, tuple(sorted(parts)), config)
-    y = y.reshape(x.shape[:-1] + (kernel.shape[1],)).astype(x.dtype)
-    return y + params["bias"].reshape((1,) * (y.ndim - 1) + (-1,)) if layer.use_bias else y
-  return intercept
